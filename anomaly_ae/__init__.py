@@ -1,0 +1,1 @@
+"""Core library: data, autoencoder zoo, losses, scores, thresholds and metrics."""

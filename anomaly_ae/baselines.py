@@ -1,0 +1,71 @@
+"""The five seed write-ups' stated configurations, as data.
+
+Each is a trial config (see ``anomaly_ae.config``). Where a write-up left a value
+unstated, the comment says what we chose. Sweeps enqueue these as Optuna
+``points_to_evaluate`` so that every leaderboard shows them on the same data.
+"""
+from __future__ import annotations
+
+SEED_BASELINES: dict[str, dict] = {
+    # Seed 000: custom conv AE, Adam lr 0.004, wd 1e-5, batch 16, 32x32, 25 epochs,
+    # MSE; threshold picked by eye on the MSE curve (tnr_target is its automatic twin).
+    "seed000": {
+        "variant": "conv_ae", "image_height": 32, "image_width": 32, "normalisation": "none",
+        "optimizer": "adam", "lr": 0.004, "weight_decay": 1e-5, "batch_size": 16, "epochs": 25,
+        "loss": "mse", "score": "mse", "threshold_policy": "tnr_target",
+    },
+    # Seed 001: stride-2 conv / nearest-upsample net with sigmoid, 32x32, rotation 1 deg,
+    # flips, jitter 0.01, AdamW lr 4e-4; threshold = lowest spill score. Batch size and
+    # epochs were not stated (early stopping, patience 10): 64 and 30.
+    "seed001": {
+        "variant": "upsample_sigmoid_ae", "image_height": 32, "image_width": 32, "normalisation": "none",
+        "hflip": True, "vflip": True, "rotation_deg": 1.0, "brightness_jitter": 0.01, "contrast_jitter": 0.01,
+        "optimizer": "adamw", "lr": 4e-4, "weight_decay": 1e-2, "batch_size": 64, "epochs": 30,
+        "loss": "mse", "score": "mse", "threshold_policy": "min_anomaly",
+    },
+    # Seed 002: BN conv AE, linear bottleneck 512, tanh, 64x64 grayscale, batch 128,
+    # 80 epochs, Adam lr 3e-4, wd 1e-5, MSE; tnr_target threshold.
+    "seed002": {
+        "variant": "bn_linear_ae", "image_height": 64, "image_width": 64, "grayscale": True,
+        "normalisation": "minus_one_one", "bn_linear_ae.latent_dim": 512,
+        "optimizer": "adam", "lr": 3e-4, "weight_decay": 1e-5, "batch_size": 128, "epochs": 80,
+        "loss": "mse", "score": "mse", "threshold_policy": "tnr_target",
+    },
+    # Seed 003, experiment 1 (their best): linear VAE at 40x72, Adam lr 1e-3, batch 512,
+    # 150 epochs, ELBO loss and score, midpoint threshold. The write-up's 90M-parameter
+    # net is scaled to a 1024-unit hidden layer.
+    "seed003": {
+        "variant": "linear_vae", "image_height": 40, "image_width": 72, "normalisation": "none",
+        "linear_vae.hidden_dim": 1024, "linear_vae.latent_dim": 32, "linear_vae.kl_beta": 1.0,
+        "optimizer": "adam", "lr": 1e-3, "batch_size": 512, "epochs": 150,
+        "loss": "mse", "score": "elbo", "threshold_policy": "midpoint",
+    },
+    # Seed 004: U-Net with dataset mean/std normalisation, flips, loss 0.3 MSE + 0.7
+    # AlexNet perceptual, best-F1 threshold. Needs pretrained AlexNet weights on disk.
+    "seed004": {
+        "variant": "unet_ae", "unet_ae.skips": True, "image_height": 32, "image_width": 48,
+        "normalisation": "dataset", "hflip": True, "vflip": True,
+        "optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 30,
+        "loss": "mse_perceptual", "loss_perceptual_weight": 0.7, "score": "perceptual",
+        "threshold_policy": "best_f1",
+    },
+    # Seed 004's other experiment, runnable without pretrained weights: the same U-Net
+    # on MSE, with a third of each batch corrupted by synthetic blobs (their white circles).
+    "seed004_denoise": {
+        "variant": "unet_ae", "unet_ae.skips": True, "image_height": 32, "image_width": 48,
+        "normalisation": "dataset", "hflip": True, "vflip": True, "corruption_prob": 0.33,
+        "optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 30,
+        "loss": "mse", "score": "mse", "threshold_policy": "best_f1",
+    },
+}
+
+NEEDS_PERCEPTUAL_WEIGHTS = {"seed004"}
+
+
+def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
+    """The runnable baselines, each tagged with its name; seed004 only when weights are on disk."""
+    return {
+        name: {**cfg, "baseline": name}
+        for name, cfg in SEED_BASELINES.items()
+        if perceptual_available or name not in NEEDS_PERCEPTUAL_WEIGHTS
+    }

@@ -1,0 +1,31 @@
+"""Seed 002: BatchNorm conv autoencoder with a linear bottleneck and tanh output."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from anomaly_ae.models.blocks import PadCrop, conv_block, output_activation, padded_size, widths
+from anomaly_ae.models.conv_ae import SequentialAE
+from anomaly_ae.models.registry import register_model
+
+
+@register_model("bn_linear_ae", seed="002")
+def bn_linear_ae(in_channels, height, width, base_width=32, depth=3, latent_dim=512, dropout=0.0,
+                 out_activation="tanh"):
+    ws = widths(base_width, depth)
+    m = 2**depth
+    fh, fw = padded_size(height, m) // m, padded_size(width, m) // m
+    flat = ws[-1] * fh * fw
+    encoder = nn.Sequential(
+        *[conv_block(cin, cout, 2, batch_norm=True) for cin, cout in zip([in_channels] + ws[:-1], ws)],
+        nn.Flatten(),
+        *([nn.Dropout(dropout)] if dropout > 0 else []),
+        nn.Linear(flat, latent_dim),
+    )
+    dec: list[nn.Module] = [nn.Linear(latent_dim, flat), nn.Unflatten(1, (ws[-1], fh, fw))]
+    outs = ws[::-1][1:] + [in_channels]
+    for i, (cin, cout) in enumerate(zip(ws[::-1], outs)):
+        dec.append(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1))
+        if i < depth - 1:
+            dec += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    dec.append(output_activation(out_activation))
+    return PadCrop(SequentialAE(encoder, nn.Sequential(*dec)), m)

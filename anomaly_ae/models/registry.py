@@ -1,0 +1,78 @@
+"""One registry: variant name -> builder. Modelled on timm's register_model / create_model."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, NamedTuple
+
+import torch
+import torch.nn as nn
+
+
+class Reconstruction(NamedTuple):
+    """What every variant's forward returns."""
+
+    recon: torch.Tensor
+    mu: torch.Tensor | None = None
+    logvar: torch.Tensor | None = None
+    # Variant-specific regulariser already weighted (MemAE's attention entropy); 0 if none.
+    aux_loss: torch.Tensor | float = 0.0
+
+
+class ModelSpec(NamedTuple):
+    name: str
+    builder: Callable[..., nn.Module]
+    seed: str  # which write-up it reproduces, or "beyond"
+    variational: bool
+    params: dict  # tunable builder parameters and their defaults
+    fixed_output: str | None  # output activation of a builder that takes no out_activation
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_SHAPE_ARGS = ("in_channels", "height", "width")
+
+
+def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None):
+    """Decorator: add a builder ``fn(in_channels, height, width, **params) -> nn.Module``.
+
+    A builder without an ``out_activation`` parameter declares its fixed one in
+    ``fixed_output``, so configs can be checked against the normalisation.
+    """
+
+    def decorator(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        signature = inspect.signature(fn)
+        missing = [a for a in _SHAPE_ARGS if a not in signature.parameters]
+        if missing:
+            raise TypeError(f"builder for {name!r} must take {_SHAPE_ARGS}; missing {missing}")
+        params = {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.name not in _SHAPE_ARGS and p.default is not inspect.Parameter.empty
+        }
+        if "out_activation" not in params and fixed_output is None:
+            raise TypeError(f"builder for {name!r} must take out_activation or declare fixed_output")
+        _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output)
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model variant {name!r}; registered variants: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def build_model(name: str, in_channels: int = 3, height: int = 32, width: int = 48, **params) -> nn.Module:
+    spec = model_spec(name)
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise TypeError(
+            f"model {name!r} got unknown parameter(s) {unknown}; it accepts: {', '.join(sorted(spec.params))}"
+        )
+    return spec.builder(in_channels=in_channels, height=height, width=width, **params)

@@ -1,0 +1,301 @@
+"""Train and evaluate one autoencoder from a validated config. No Ray here.
+
+Images live on the device as uint8 (N, H, W, 3) tensors; every batch is cast,
+resized, augmented and normalised on the device, so a GPU trial never waits on
+PIL or a DataLoader. Losses and scores are computed in [0, 1] pixel space,
+whatever the model's input normalisation, so thresholds compare across trials.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from anomaly_ae.config import model_params, score_params
+from anomaly_ae.losses import PerceptualDistance, kl_loss, reconstruction_loss
+from anomaly_ae.metrics import detection_summary
+from anomaly_ae.models import build_model, model_spec
+from anomaly_ae.models.vae import kl_beta_of
+from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or inf."""
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    # Ray hides GPUs from trials that did not ask for one, so this follows the resources.
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Preprocess:
+    """uint8 crops -> model input. Saved with every checkpoint."""
+
+    height: int
+    width: int
+    grayscale: bool
+    normalisation: str
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
+
+    @classmethod
+    def fit(cls, cfg: dict, train_u8: torch.Tensor) -> "Preprocess":
+        pre = cls(cfg["image_height"], cfg["image_width"], cfg["grayscale"], cfg["normalisation"],
+                  [0.0] * 3, [1.0] * 3)
+        if cfg["normalisation"] == "dataset":
+            sample = train_u8[torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(0))[:2048]]
+            x = pre.to_unit(sample.to(train_u8.device))
+            pre.mean = x.mean((0, 2, 3)).tolist()
+            pre.std = x.std((0, 2, 3)).clamp_min(1e-3).tolist()
+        return pre
+
+    def to_unit(self, u8: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 -> (N, C, height, width) float in [0, 1]."""
+        x = u8.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-2:] != (self.height, self.width):
+            x = F.interpolate(x, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        if self.grayscale:
+            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        return x
+
+    def _stats(self, x):
+        c = x.shape[1]
+        mean = torch.tensor(self.mean[:c], device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(self.std[:c], device=x.device).view(1, c, 1, 1)
+        return mean, std
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalisation == "minus_one_one":
+            return x * 2 - 1
+        if self.normalisation == "dataset":
+            mean, std = self._stats(x)
+            return (x - mean) / std
+        return x
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalisation == "minus_one_one":
+            return (x + 1) / 2
+        if self.normalisation == "dataset":
+            mean, std = self._stats(x)
+            return x * std + mean
+        return x
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
+    """Batch-level augmentation of [0, 1] images, on whatever device x is on."""
+    n, dev = x.shape[0], x.device
+
+    def uniform(*shape, scale=1.0):
+        return (torch.rand(*shape, generator=gen) * 2 - 1).mul_(scale).to(dev)
+
+    if cfg["hflip"]:
+        x = torch.where((torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1), x.flip(-1), x)
+    if cfg["vflip"]:
+        x = torch.where((torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1), x.flip(-2), x)
+    if cfg["rotation_deg"] > 0 or cfg["shift_px"] > 0:
+        angle = uniform(n, scale=math.radians(cfg["rotation_deg"]))
+        h, w = x.shape[-2:]
+        tx, ty = uniform(n, scale=2 * cfg["shift_px"] / w), uniform(n, scale=2 * cfg["shift_px"] / h)
+        cos, sin = angle.cos(), angle.sin()
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg["brightness_jitter"] > 0:
+        x = x * (1 + uniform(n, 1, 1, 1, scale=cfg["brightness_jitter"]))
+    if cfg["contrast_jitter"] > 0:
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * (1 + uniform(n, 1, 1, 1, scale=cfg["contrast_jitter"])) + mean
+    if cfg["colour_jitter"] > 0:
+        x = x + uniform(n, x.shape[1], 1, 1, scale=cfg["colour_jitter"])
+    return x.clamp(0, 1)
+
+
+def corrupt_with_spills(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Paint spill-like bright streaks and specks on a random subset (denoising input).
+
+    Seed 004 painted white circles; this draws a bright vertical wedge with a
+    random centre, length, width and brightness, plus a few bright specks.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    chosen = (torch.rand(n, generator=gen) < prob).to(dev).view(n, 1, 1, 1)
+    if not chosen.any():
+        return x
+
+    def r(lo, hi):
+        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev).view(n, 1, 1)
+
+    yy = torch.arange(h, device=dev).view(1, h, 1).float()
+    xx = torch.arange(w, device=dev).view(1, 1, w).float()
+    top, length = r(-0.1, 0.3) * h, r(0.3, 0.9) * h
+    t = ((yy - top) / length).clamp(0, 1)
+    half = r(0.06, 0.2) * w * (1 - t) + 0.5
+    centre = r(0.3, 0.7) * w
+    inside = ((xx - centre).abs() < half) & (yy >= top) & (yy <= top + length)
+    streak = inside.float() * r(0.15, 0.45)
+    specks = (torch.rand(n, h, w, generator=gen).to(dev) < 0.04) & inside
+    painted = (x + streak.unsqueeze(1)).masked_fill(specks.unsqueeze(1), 0.95)
+    return torch.where(chosen, painted.clamp(0, 1), x)
+
+
+@dataclass
+class TrialState:
+    """Everything a trial carries between epochs."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    preprocess: Preprocess
+    perceptual: PerceptualDistance | None
+    device: torch.device
+    generator: torch.Generator
+    epoch: int = 0
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "adamw":
+        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    return torch.optim.SGD(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=0.9, nesterov=True)
+
+
+def needs_perceptual(cfg: dict) -> bool:
+    return cfg["loss"] == "mse_perceptual" or cfg["score"] == "perceptual"
+
+
+def build_trial(cfg: dict, train_u8: torch.Tensor, device: torch.device | None = None) -> TrialState:
+    """Seeded model, optimizer and preprocessing for a validated config."""
+    gen = seed_everything(cfg["seed"])
+    device = device or pick_device()
+    pre = Preprocess.fit(cfg, train_u8)
+    model = build_model(cfg["variant"], pre.channels, pre.height, pre.width, **model_params(cfg)).to(device)
+    perceptual = None
+    if needs_perceptual(cfg):
+        perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
+    return TrialState(model, build_optimizer(cfg, model.parameters()), pre, perceptual, device, gen)
+
+
+def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
+    pre = state.preprocess
+    out = state.model(pre.normalise(corrupted))
+    recon = pre.denormalise(out.recon)
+    loss = reconstruction_loss(clean, recon, cfg["loss"], cfg["loss_ssim_weight"], cfg["loss_perceptual_weight"],
+                               state.perceptual)
+    if out.mu is not None:
+        loss = loss + kl_beta_of(state.model) * kl_loss(out.mu, out.logvar, clean[0].numel())
+    return loss + out.aux_loss
+
+
+def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> float:
+    """One epoch (or ``steps_per_epoch`` batches); returns the mean loss. Raises DivergedError."""
+    state.model.train()
+    n, bs = len(train_u8), min(cfg["batch_size"], len(train_u8))
+    steps = n // bs if cfg["steps_per_epoch"] == 0 else cfg["steps_per_epoch"]
+    passes = -(-steps * bs // n)
+    order = torch.cat([torch.randperm(n, generator=state.generator) for _ in range(passes)])
+    total = 0.0
+    for step in range(steps):
+        idx = order[step * bs:(step + 1) * bs].to(train_u8.device)
+        clean = augment(state.preprocess.to_unit(train_u8[idx]), cfg, state.generator)
+        noisy = corrupt_with_spills(clean, cfg["corruption_prob"], state.generator) if cfg["corruption_prob"] else clean
+        loss = step_loss(state, cfg, clean, noisy)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {step + 1}")
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        total += loss.item()
+    state.epoch += 1
+    return total / max(steps, 1)
+
+
+def score_types_for(cfg: dict) -> list[str]:
+    """Every score derivable from this trial's forward pass."""
+    types = list(RESIDUAL_SCORES)
+    if model_spec(cfg["variant"]).variational:
+        types.append("elbo")
+    if needs_perceptual(cfg):
+        types.append("perceptual")
+    return types
+
+
+@torch.inference_mode()
+def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_size: int = 512,
+                 keep_recon: int = 0) -> tuple[dict[str, np.ndarray], tuple | None]:
+    """Every score for every image; optionally the first ``keep_recon`` (input, recon) pairs."""
+    state.model.eval()
+    pre, types, sparams = state.preprocess, score_types_for(cfg), score_params(cfg)
+    chunks: dict[str, list] = {t: [] for t in types}
+    kept = None
+    for start in range(0, len(images_u8), batch_size):
+        x = pre.to_unit(images_u8[start:start + batch_size].to(state.device))
+        out = state.model(pre.normalise(x))
+        recon = pre.denormalise(out.recon).clamp(0, 1)
+        scores = compute_scores(x, recon, types, sparams, out.mu, out.logvar, state.perceptual)
+        for t in types:
+            chunks[t].append(scores[t].float().cpu())
+        if kept is None and keep_recon:
+            kept = (x[:keep_recon].cpu(), recon[:keep_recon].cpu())
+    return {t: torch.cat(v).numpy().astype(np.float64) for t, v in chunks.items()}, kept
+
+
+def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor):
+    """Metrics of every score on the validation split, plus the raw score arrays."""
+    normal, _ = score_images(state, cfg, val_normal_u8)
+    spill, _ = score_images(state, cfg, val_spill_u8)
+    metrics = {}
+    for name in normal:
+        if not (np.all(np.isfinite(normal[name])) and np.all(np.isfinite(spill[name]))):
+            metrics[name] = {"tpr_at_tnr": 0.0, "threshold": math.inf, "auroc": 0.0, "pauroc": 0.0, "aupr": 0.0}
+            continue
+        metrics[name] = detection_summary(normal[name], spill[name], cfg["tnr_target"])
+    return metrics, {"normal": normal, "spill": spill}
+
+
+def checkpoint_payload(state: TrialState, cfg: dict, val_scores: dict, report: dict) -> dict:
+    """What promotion needs without retraining: weights, config, preprocessing, score distributions."""
+    return {
+        "model_state": state.model.state_dict(),
+        "optimizer_state": state.optimizer.state_dict(),
+        "config": cfg,
+        "preprocess": state.preprocess.as_dict(),
+        "val_scores": val_scores,
+        "epoch": state.epoch,
+        "report": report,
+    }
+
+
+def load_trained(payload: dict, device: torch.device | None = None) -> TrialState:
+    """Rebuild a trained model from a checkpoint payload, ready for scoring."""
+    cfg = payload["config"]
+    device = device or pick_device()
+    pre = Preprocess(**payload["preprocess"])
+    model = build_model(cfg["variant"], pre.channels, pre.height, pre.width, **model_params(cfg)).to(device)
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    perceptual = None
+    if needs_perceptual(cfg):
+        perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
+    opt = build_optimizer(cfg, model.parameters())
+    return TrialState(model, opt, pre, perceptual, device, torch.Generator().manual_seed(cfg["seed"]),
+                      payload.get("epoch", 0))
