@@ -69,3 +69,31 @@ def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
         for name, cfg in SEED_BASELINES.items()
         if perceptual_available or name not in NEEDS_PERCEPTUAL_WEIGHTS
     }
+
+
+# Keys that do not make a config a different baseline: the budget and the seed.
+_BUDGET_KEYS = ("epochs", "steps_per_epoch", "seed", "baseline", "threshold_policy")
+
+
+def canonical(cfg: dict) -> dict:
+    """Validated config with every model and score default filled in, budget keys dropped."""
+    from anomaly_ae.config import SCORE_PARAM_RANGES, score_params, validate_config
+    from anomaly_ae.models import model_spec
+
+    full = validate_config(cfg)
+    variant = full["variant"]
+    for param, default in model_spec(variant).params.items():
+        full.setdefault(f"{variant}.{param}", default)
+    for key in SCORE_PARAM_RANGES:
+        name, param = key.split(".")
+        full[key] = score_params(full)[name][param]
+    return {k: v for k, v in full.items() if k not in _BUDGET_KEYS}
+
+
+def match_baseline(cfg: dict, perceptual_available: bool = True) -> str | None:
+    """The seed baseline this config reproduces (budget aside), or None."""
+    mine = canonical(cfg)
+    for name, base in baseline_configs(perceptual_available).items():
+        if canonical(base) == mine:
+            return name
+    return None

@@ -1,0 +1,1 @@
+"""Sweep analysis, plots and promotion."""

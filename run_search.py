@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""Hyperparameter search for autoencoder spill detection.
+
+    python run_search.py                       # default: make data if absent, quick CPU sweep, leaderboard
+    python run_search.py search --data DIR --space quick|full|seeds [...]
+    python run_search.py make-data --out DIR [--scale F] [--seed N]
+    python run_search.py list-models
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parent
+DEFAULT_DATA = REPO / "data" / "default"
+DEFAULT_TRACKING = f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+DEFAULT_STORAGE = REPO / "ray_results"
+
+
+class UsageError(ValueError):
+    """Bad command-line input, found before Ray starts."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"dataset folder in the proliv layout (default: {DEFAULT_DATA}, generated if absent)")
+    p.add_argument("--space", default="quick", help="search space preset: quick, full or seeds (default quick)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML trial config (e.g. a promoted best_config.yaml) enqueued as the first trial")
+    p.add_argument("--num-samples", type=positive_int, default=12, help="trials to run (default 12)")
+    p.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default 2)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epoch budget per trial (space default)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="batches per epoch, 0 = a full pass (space default: quick 40, else 0)")
+    p.add_argument("--time-budget-s", type=non_negative_float, default=None, help="stop starting trials after this")
+    p.add_argument("--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
+                   help="GPUs per trial, fractional allowed: 0.25 packs four trials on a GPU (default 0)")
+    p.add_argument("--address", default=None, help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
+    p.add_argument("--storage-path", default=str(DEFAULT_STORAGE),
+                   help="Ray results: local folder, shared NFS path or s3:// URI (default ./ray_results)")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default sqlite mlruns/mlflow.db)")
+    p.add_argument("--experiment", default=None, help="experiment name for Ray and MLflow (default proliv-<space>)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and trial seed (default 0)")
+    p.add_argument("--no-baselines", action="store_true", help="do not enqueue the seed baselines")
+    p.add_argument("--tnr-target", type=float, default=0.95, help="TNR the objective is constrained to (default 0.95)")
+    p.add_argument("--grace-period", type=positive_int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--scale", type=float, default=1.0, help="scale of the generated default dataset (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    search = sub.add_parser("search", help="run a sweep (the default command)",
+                            description="Run a Ray Tune + Optuna + ASHA sweep tracked in MLflow.")
+    add_search_args(search)
+    make = sub.add_parser("make-data", help="write the procedural proliv-like dataset",
+                          description="Write the embedded default dataset in the real folder layout.")
+    make.add_argument("--out", type=Path, required=True, help="output folder")
+    make.add_argument("--scale", type=float, default=1.0, help="multiply the real counts (default 1)")
+    make.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    make.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    sub.add_parser("list-models", help="print the registered autoencoder variants",
+                   description="Print every registered variant with its seed and tunable parameters.")
+    return parser
+
+
+# ----------------------------------------------------------------- validation
+
+def validate_search_args(args) -> dict:
+    """Everything that can be wrong with the input, checked before Ray starts."""
+    import yaml
+
+    from anomaly_ae.config import ConfigError, validate_config
+    from search_spaces import SPACES
+
+    if args.space not in SPACES:
+        raise UsageError(f"--space: unknown space {args.space!r}; valid: {', '.join(sorted(SPACES))}")
+    if not 0.5 <= args.tnr_target <= 1.0:
+        raise UsageError(f"--tnr-target: {args.tnr_target} is outside [0.5, 1]")
+    if args.steps_per_epoch is not None and args.steps_per_epoch < 0:
+        raise UsageError(f"--steps-per-epoch: must be >= 0, got {args.steps_per_epoch}")
+    if args.address and not (args.address == "auto" or args.address.startswith("ray://") or ":" in args.address):
+        raise UsageError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT, got {args.address!r}")
+    if args.gpus_per_trial > 0 and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
+        raise UsageError(f"--gpus-per-trial: fractions must be < 1, got {args.gpus_per_trial}")
+    config = None
+    if args.config is not None:
+        if not args.config.is_file():
+            raise UsageError(f"--config: file not found: {args.config}")
+        try:
+            raw = yaml.safe_load(args.config.read_text())
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--config: {args.config} is not valid YAML: {exc}") from exc
+        try:
+            config = validate_config(raw)
+        except ConfigError as exc:
+            raise UsageError(f"--config {args.config}: {exc}") from exc
+    return {"config": config}
+
+
+# ----------------------------------------------------------------- commands
+
+def cmd_list_models() -> None:
+    from anomaly_ae.models import list_models, model_spec
+
+    for name in list_models():
+        spec = model_spec(name)
+        kind = "VAE" if spec.variational else "AE"
+        params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
+        print(f"{name:<22} seed {spec.seed:<7} {kind:<4} {params}")
+
+
+def cmd_make_data(args) -> None:
+    from anomaly_ae.data import make_dataset
+
+    tick = time.perf_counter()
+    counts = make_dataset(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.out}: {counts} in {time.perf_counter() - tick:.1f}s")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def prepare_tracking(tracking_uri: str, experiment: str, tags: dict):
+    """Create the store, the experiment and the parent run on the driver, before any trial."""
+    from mlflow.tracking import MlflowClient
+
+    from trainables.autoencoder import Tracking
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:///"):
+            root = Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / experiment
+            artifact_location = root.resolve().as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    else:
+        experiment_id = exp.experiment_id
+    parent = client.create_run(experiment_id, tags={"mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                    "sweep": "parent", **tags})
+    return client, Tracking(tracking_uri, experiment_id, parent.info.run_id)
+
+
+def close_leftover_runs(client, tracking) -> int:
+    """Trials torn down by the scheduler may leave their run RUNNING; mark those KILLED."""
+    from mlflow.entities import ViewType
+
+    runs = client.search_runs([tracking.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'",
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=10_000)
+    closed = 0
+    for run in runs:
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            client.set_tag(run.info.run_id, "stopped_by", "scheduler")
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed += 1
+    return closed
+
+
+def cmd_search(args) -> int:
+    checked = validate_search_args(args)
+    from anomaly_ae.data import load_proliv, make_dataset, make_splits
+    from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights
+
+    data_dir = args.data
+    if data_dir is None:
+        data_dir = DEFAULT_DATA
+        if not (data_dir / "train").is_dir():
+            print(f"generating the default dataset in {data_dir} (scale {args.scale}) ...", flush=True)
+            print(f"  {make_dataset(data_dir, scale=args.scale, seed=0, overwrite=True)}", flush=True)
+    tick = time.perf_counter()
+    data = load_proliv(data_dir)
+    splits = make_splits(data)
+    print(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
+          f"{len(splits.val_spill)} val spills; decoded/cached in {time.perf_counter() - tick:.1f}s)", flush=True)
+    try:
+        find_perceptual_weights("alexnet")
+        perceptual = True
+    except PerceptualWeightsMissing:
+        perceptual = False
+    experiment = args.experiment or f"proliv-{args.space}"
+    points = []
+    if checked["config"] is not None:
+        from search_spaces import baseline_point
+        points.append(baseline_point(checked["config"], perceptual))
+    if not args.no_baselines and args.space != "seeds":
+        from search_spaces import baseline_points
+        points += baseline_points(perceptual)
+    command = " ".join(shlex.quote(a) for a in sys.argv)
+    client, tracking = prepare_tracking(args.tracking_uri, experiment, {
+        "space": args.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
+        "git_commit": git_commit(), "command": command, "num_samples": str(args.num_samples),
+    })
+    from trainables.sweep import run_sweep
+
+    try:
+        results = run_sweep(args, splits, tracking, points, perceptual)
+    except BaseException:
+        close_leftover_runs(client, tracking)
+        client.set_terminated(tracking.parent_run_id, "KILLED")
+        raise
+    closed = close_leftover_runs(client, tracking)
+    client.set_terminated(tracking.parent_run_id, "FINISHED")
+
+    from analysis.leaderboard import format_leaderboard, results_frame
+    frame = results_frame(results)
+    print()
+    print(format_leaderboard(frame))
+    if closed:
+        print(f"\n({closed} run(s) stopped early by ASHA were marked KILLED in MLflow)")
+    print(f"\nMLflow experiment {experiment!r}, parent run {tracking.parent_run_id}")
+    print(f"open the UI:  mlflow ui --backend-store-uri {args.tracking_uri}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["search", *argv]
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list-models":
+            cmd_list_models()
+            return 0
+        if args.command == "make-data":
+            cmd_make_data(args)
+            return 0
+        return cmd_search(args)
+    except (UsageError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001
+        from anomaly_ae.data import DatasetError
+        if isinstance(exc, DatasetError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Search spaces as Optuna define-by-run functions.
+
+Each function only calls ``trial.suggest_*`` and returns constants; it does no
+work. Parameter names are the trial-config keys, and a variant's parameters are
+namespaced (``unet_ae.depth``), so they exist only in trials of that variant.
+
+Categorical choices always contain the seed baselines' values, because Optuna
+refuses an enqueued categorical value outside the choices (numeric values out
+of range are accepted with a warning).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from anomaly_ae.baselines import baseline_configs
+
+# (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
+VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
+    "conv_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
+                "latent_channels": ("cat", [4, 8, 16, 32, 64]), "batch_norm": ("bool",), "dropout": ("float", 0.0, 0.3)},
+    "upsample_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "decoder_relu": ("bool",),
+                    "dropout": ("float", 0.0, 0.3)},
+    "upsample_sigmoid_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4)},
+    "maxpool_ae": {"base_width": ("cat", [8, 16, 32]), "depth": ("int", 2, 4),
+                   "bottleneck_channels": ("cat", [4, 8, 16, 32])},
+    "bn_linear_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
+                     "latent_dim": ("cat", [32, 64, 128, 256, 512]), "dropout": ("float", 0.0, 0.3)},
+    "linear_vae": {"hidden_dim": ("cat", [256, 512, 1024]), "latent_dim": ("cat", [8, 16, 32, 64]),
+                   "kl_beta": ("logfloat", 1e-3, 4.0)},
+    "small_conv_vae": {"base_width": ("cat", [16, 32, 64]), "latent_dim": ("cat", [16, 32, 64, 128]),
+                       "kl_beta": ("logfloat", 1e-3, 4.0)},
+    "big_conv_vae": {"base_width": ("cat", [32, 64]), "latent_dim": ("cat", [64, 128, 256]),
+                     "kl_beta": ("logfloat", 1e-3, 4.0)},
+    "unet_ae": {"base_width": ("cat", [16, 32]), "depth": ("int", 2, 3), "skips": ("bool",),
+                "dropout": ("float", 0.0, 0.5)},
+    "memae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "latent_channels": ("cat", [16, 32, 64]),
+              "mem_size": ("cat", [25, 50, 100, 200]), "shrink_threshold": ("float", 0.0, 0.02),
+              "entropy_weight": ("logfloat", 1e-5, 1e-2)},
+}
+
+# Variants whose output activation is fixed to sigmoid: inputs must stay in [0, 1].
+SIGMOID_ONLY = {"upsample_sigmoid_ae"}
+VARIATIONAL = {"linear_vae", "small_conv_vae", "big_conv_vae"}
+
+IMAGE_SIZES = ["32x48", "32x32", "40x72", "64x64"]
+BATCH_SIZES = [16, 32, 64, 128, 256, 512]
+
+
+def suggest(trial, name: str, spec: tuple):
+    kind = spec[0]
+    if kind == "cat":
+        return trial.suggest_categorical(name, spec[1])
+    if kind == "bool":
+        return trial.suggest_categorical(name, [False, True])
+    if kind == "int":
+        return trial.suggest_int(name, spec[1], spec[2])
+    if kind == "float":
+        return trial.suggest_float(name, spec[1], spec[2])
+    if kind == "logfloat":
+        return trial.suggest_float(name, spec[1], spec[2], log=True)
+    raise ValueError(f"unknown parameter kind {kind!r} for {name}")
+
+
+def architecture(trial, variants=tuple(VARIANT_PARAMS)) -> str:
+    """The variant, then only that variant's own parameters."""
+    variant = trial.suggest_categorical("variant", list(variants))
+    for param, spec in VARIANT_PARAMS[variant].items():
+        suggest(trial, f"{variant}.{param}", spec)
+    return variant
+
+
+def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
+    """Image size, colour, flips, rotation, shift, jitter, normalisation, spill corruption."""
+    trial.suggest_categorical("image_size", list(sizes))
+    trial.suggest_categorical("grayscale", [False, True])
+    constants = {}
+    if variant in SIGMOID_ONLY:
+        constants["normalisation"] = "none"
+    else:
+        trial.suggest_categorical("normalisation", ["none", "dataset", "minus_one_one"])
+    trial.suggest_categorical("hflip", [False, True])
+    trial.suggest_categorical("vflip", [False, True])
+    trial.suggest_float("rotation_deg", 0.0, 5.0)
+    trial.suggest_float("shift_px", 0.0, 3.0)
+    trial.suggest_float("brightness_jitter", 0.0, 0.15)
+    trial.suggest_float("contrast_jitter", 0.0, 0.15)
+    trial.suggest_float("colour_jitter", 0.0, 0.05)
+    trial.suggest_float("corruption_prob", 0.0, 0.5)
+    return constants
+
+
+def score_choices(variant: str, perceptual: bool) -> list[str]:
+    return (["mse", "l1", "ssim", "hybrid", "topk", "smooth_max"] + (["elbo"] if variant in VARIATIONAL else [])
+            + (["perceptual"] if perceptual else []))
+
+
+def score_key(variant: str, perceptual: bool) -> str:
+    # One name per choice set: Optuna refuses a name whose choices change between trials.
+    extra = score_choices(variant, perceptual)[6:]
+    return f"score[{'+'.join(extra)}]" if extra else "score"
+
+
+def loss_key(perceptual: bool) -> str:
+    return "loss[perceptual]" if perceptual else "loss"
+
+
+def score(trial, variant: str, perceptual: bool = False) -> str:
+    """The score type and its own parameters; elbo only for VAEs, perceptual only with weights."""
+    chosen = trial.suggest_categorical(score_key(variant, perceptual), score_choices(variant, perceptual))
+    if chosen == "hybrid":
+        trial.suggest_float("hybrid.alpha", 0.1, 10.0, log=True)
+        trial.suggest_float("hybrid.beta", 0.1, 10.0, log=True)
+    elif chosen == "topk":
+        trial.suggest_float("topk.fraction", 0.005, 0.2, log=True)
+    elif chosen == "smooth_max":
+        trial.suggest_float("smooth_max.sigma", 0.5, 3.0)
+    return chosen
+
+
+def loss(trial, perceptual: bool = False) -> None:
+    choices = ["mse", "l1", "ssim", "l1_ssim", "mse_ssim"] + (["mse_perceptual"] if perceptual else [])
+    chosen = trial.suggest_categorical(loss_key(perceptual), choices)
+    if chosen in ("l1_ssim", "mse_ssim"):
+        trial.suggest_float("loss_ssim_weight", 0.05, 0.95)
+    elif chosen == "mse_perceptual":
+        trial.suggest_float("loss_perceptual_weight", 0.05, 0.95)
+
+
+def optimisation(trial, batch_sizes=tuple(BATCH_SIZES)) -> None:
+    trial.suggest_categorical("optimizer", ["adam", "adamw", "sgd"])
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    # Categorical so that 0 (no decay, several seeds) stays reachable.
+    trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+    trial.suggest_categorical("batch_size", list(batch_sizes))
+
+
+def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0) -> dict:
+    """Every dimension; epochs are the ASHA budget, the same for every trial."""
+    variant = architecture(trial)
+    constants = augmentation(trial, variant)
+    loss(trial, perceptual)
+    score(trial, variant, perceptual)
+    optimisation(trial)
+    return {**constants, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+
+
+def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoch: int = 40) -> dict:
+    """CPU-sized: the same dimensions on a short budget of fixed-size epochs."""
+    return full_space(trial, perceptual, epochs, steps_per_epoch)
+
+
+def seeds_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0) -> dict:
+    """Only the seed baselines, one per trial, each on the same budget."""
+    baselines = baseline_configs(perceptual)
+    name = trial.suggest_categorical("seed_baseline", sorted(baselines))
+    cfg = {k: v for k, v in baselines[name].items() if k not in NOT_SEARCHED}
+    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+
+
+SPACES = {"quick": quick_space, "full": full_space, "seeds": seeds_space}
+
+
+def get_space(name: str, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int | None = None):
+    """A picklable define-by-run function (Tuner.restore needs to unpickle it)."""
+    if name not in SPACES:
+        raise KeyError(f"unknown search space {name!r}; valid: {sorted(SPACES)}")
+    kwargs = {"perceptual": perceptual}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    if steps_per_epoch is not None:
+        kwargs["steps_per_epoch"] = steps_per_epoch
+    return partial(SPACES[name], **kwargs)
+
+
+# Keys a baseline fixes that are not search dimensions: the budget and bookkeeping.
+NOT_SEARCHED = ("baseline", "threshold_policy", "epochs", "steps_per_epoch", "seed")
+
+
+def config_from_params(params: dict) -> dict:
+    """Sampled parameters -> raw trial config (undoes the space's naming)."""
+    cfg = {}
+    for key, value in params.items():
+        if key == "image_size":
+            h, w = value.split("x")
+            cfg["image_height"], cfg["image_width"] = int(h), int(w)
+        elif key.startswith("score["):
+            cfg["score"] = value
+        elif key.startswith("loss["):
+            cfg["loss"] = value
+        elif key == "seed_baseline":
+            continue
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def baseline_point(cfg: dict, perceptual: bool = False) -> dict:
+    """A baseline as the values of suggest_* calls (for points_to_evaluate).
+
+    Every searched key of its branch gets a value, defaults included, so that
+    no dimension of a baseline trial is left to the sampler.
+    """
+    from anomaly_ae.config import validate_config
+    from anomaly_ae.models import model_spec
+
+    full = validate_config(cfg)
+    variant = full["variant"]
+    point = {k: v for k, v in full.items() if k not in NOT_SEARCHED and k not in ("image_height", "image_width")}
+    for param, default in model_spec(variant).params.items():
+        point.setdefault(f"{variant}.{param}", default)
+    point["image_size"] = f"{full['image_height']}x{full['image_width']}"
+    point[score_key(variant, perceptual)] = point.pop("score")
+    point[loss_key(perceptual)] = point.pop("loss")
+    return point
+
+
+def baseline_points(perceptual: bool = False) -> list[dict]:
+    return [baseline_point(cfg, perceptual) for _, cfg in sorted(baseline_configs(perceptual).items())]

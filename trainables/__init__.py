@@ -1,0 +1,1 @@
+"""Ray Tune trainables and the sweep driver."""

@@ -1,0 +1,67 @@
+"""Wire the trainable into Ray Tune: OptunaSearch (TPE), ASHA, a concurrency limit."""
+from __future__ import annotations
+
+import ray
+from optuna.samplers import TPESampler
+from ray import tune
+from ray.tune import CheckpointConfig, RunConfig
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import get_space
+from trainables.autoencoder import train_autoencoder
+
+
+class TrialLines(tune.Callback):
+    """One readable line per finished trial instead of Ray's progress tables."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+
+    def _line(self, trial, how: str) -> None:
+        self.done += 1
+        r = trial.last_result or {}
+        cfg = trial.config
+        score = next((v for k, v in cfg.items() if k.startswith("score")), "?")
+        print(f"[{self.done}/{self.total}] {trial.trial_id} {how:<10} {cfg.get('variant', '?'):<20} "
+              f"score={score:<10} epochs={r.get('epoch', 0):<3} objective={r.get('objective', float('nan')):.3f} "
+              f"auroc={r.get('val_auroc', float('nan')):.3f}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "done" if (trial.last_result or {}).get("epoch") else "stopped")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "ERROR")
+
+
+def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
+    """Run the sweep; returns Ray's ResultGrid."""
+    if not ray.is_initialized():
+        if args.address:
+            ray.init(address=args.address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)), include_dashboard=False,
+                     log_to_driver=False)
+    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch)
+    epochs = space.keywords.get("epochs") or space.func.__defaults__[1]
+    searcher = OptunaSearch(space=space, sampler=TPESampler(seed=args.seed),
+                            points_to_evaluate=points or None)
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(args.grace_period, epochs),
+                              reduction_factor=2)
+    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
+    trainable = tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric="objective", mode="max", search_alg=ConcurrencyLimiter(searcher, args.max_concurrent),
+            scheduler=scheduler, num_samples=args.num_samples, time_budget_s=args.time_budget_s,
+        ),
+        run_config=RunConfig(
+            name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
+            callbacks=[TrialLines(args.num_samples)],
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
+                                               checkpoint_score_order="max"),
+        ),
+    )
+    return tuner.fit()
