@@ -67,6 +67,7 @@ class TrialRun:
 
     def __init__(self, tracking: Tracking | None, cfg: dict, trial_name: str, trial_id: str):
         self.client = self.run_id = None
+        self.ended = False
         if tracking is None:
             return
         from mlflow.tracking import MlflowClient
@@ -93,8 +94,10 @@ class TrialRun:
             self.client.log_artifacts(self.run_id, folder)
 
     def end(self, status: str, **tags) -> None:
-        if self.client is None:
+        """Set a terminal status once; later calls are no-ops."""
+        if self.client is None or self.ended:
             return
+        self.ended = True
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
         self.client.set_terminated(self.run_id, status)
@@ -188,4 +191,8 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
                 run.log_artifacts(tmp)
             else:
                 torch.save(payload, folder / CHECKPOINT_FILE)
+            if epoch == cfg["epochs"]:
+                # The scheduler may stop the trial inside this last report (ASHA does at
+                # max_t), so the run is closed first.
+                run.end("FINISHED")
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))

@@ -1,6 +1,8 @@
 """Wire the trainable into Ray Tune: OptunaSearch (TPE), ASHA, a concurrency limit."""
 from __future__ import annotations
 
+import inspect
+
 import ray
 from optuna.samplers import TPESampler
 from ray import tune
@@ -16,8 +18,8 @@ from trainables.autoencoder import train_autoencoder
 class TrialLines(tune.Callback):
     """One readable line per finished trial instead of Ray's progress tables."""
 
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
+    def __init__(self, total: int, max_epochs: int):
+        self.total, self.done, self.max_epochs = total, 0, max_epochs
 
     def _line(self, trial, how: str) -> None:
         self.done += 1
@@ -29,7 +31,9 @@ class TrialLines(tune.Callback):
               f"auroc={r.get('val_auroc', float('nan')):.3f}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "done" if (trial.last_result or {}).get("epoch") else "stopped")
+        r = trial.last_result or {}
+        how = "diverged" if r.get("diverged") else "done" if r.get("epoch", 0) >= self.max_epochs else "stopped"
+        self._line(trial, how)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "ERROR")
@@ -44,22 +48,24 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
             ray.init(num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)), include_dashboard=False,
                      log_to_driver=False)
     space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch)
-    epochs = space.keywords.get("epochs") or space.func.__defaults__[1]
-    searcher = OptunaSearch(space=space, sampler=TPESampler(seed=args.seed),
+    epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
+    # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
+    # well raises, and a define-by-run OptunaSearch does not pick them up from there.
+    searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=TPESampler(seed=args.seed),
                             points_to_evaluate=points or None)
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(args.grace_period, epochs),
+    scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs, grace_period=min(args.grace_period, epochs),
                               reduction_factor=2)
     trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
     trainable = tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric="objective", mode="max", search_alg=ConcurrencyLimiter(searcher, args.max_concurrent),
+            search_alg=ConcurrencyLimiter(searcher, args.max_concurrent),
             scheduler=scheduler, num_samples=args.num_samples, time_budget_s=args.time_budget_s,
         ),
         run_config=RunConfig(
             name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
-            callbacks=[TrialLines(args.num_samples)],
+            callbacks=[TrialLines(args.num_samples, epochs)],
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
                                                checkpoint_score_order="max"),
         ),

@@ -1,0 +1,91 @@
+import optuna
+import pytest
+
+from anomaly_ae.baselines import SEED_BASELINES, baseline_configs, match_baseline
+from anomaly_ae.config import ConfigError, model_params, validate_config
+from anomaly_ae.models import list_models
+from search_spaces import SPACES, baseline_points, config_from_params, get_space
+from search_spaces.spaces import VARIANT_PARAMS
+
+
+def test_defaults_fill_and_validate():
+    cfg = validate_config({})
+    assert cfg["variant"] == "conv_ae" and cfg["tnr_target"] == 0.95
+
+
+@pytest.mark.parametrize("raw,field", [
+    ({"lr": -1.0}, "lr"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"variant": "nope"}, "variant"),
+    ({"nonsense_key": 1}, "nonsense_key"),
+    ({"conv_ae.depth": "3"}, "conv_ae.depth"),
+    ({"variant": "conv_ae", "unet_ae.skips": True}, "unet_ae.skips"),
+    ({"conv_ae.widht": 3}, "conv_ae.widht"),
+    ({"score": "elbo"}, "score"),
+    ({"normalisation": "dataset", "conv_ae.out_activation": "sigmoid"}, "normalisation"),
+    ({"topk.fraction": 0}, "topk.fraction"),
+])
+def test_bad_values_name_the_field(raw, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(raw)
+
+
+def test_output_activation_follows_normalisation():
+    assert model_params(validate_config({"normalisation": "dataset"}))["out_activation"] == "identity"
+    assert model_params(validate_config({"normalisation": "minus_one_one"}))["out_activation"] == "tanh"
+
+
+def test_every_registered_variant_is_in_the_full_space():
+    assert set(VARIANT_PARAMS) == set(list_models())
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+def test_variant_params_appear_only_with_their_variant(space):
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10))
+    fn = get_space(space)
+    seen = set()
+    for _ in range(60):
+        trial = study.ask()
+        constants = fn(trial)
+        cfg = validate_config(config_from_params({**trial.params, **constants}))
+        seen.add(cfg["variant"])
+        for key in {**trial.params, **constants}:
+            prefix = key.split(".")[0]
+            if prefix in list_models():
+                assert prefix == cfg["variant"], (key, cfg["variant"])
+        study.tell(trial, 0.5)
+    assert len(seen) >= 4
+
+
+def test_baselines_enqueue_exactly():
+    """points_to_evaluate reproduce each seed's stated config (budget aside)."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for point in baseline_points():
+        study.enqueue_trial(point)
+    fn = get_space("quick")
+    names = sorted(baseline_configs(False))
+    for name in names:
+        trial = study.ask()
+        constants = fn(trial)  # before reading trial.params: the space fills them
+        cfg = validate_config(config_from_params({**trial.params, **constants}))
+        assert match_baseline(cfg, False) == name
+        for key, value in SEED_BASELINES[name].items():
+            if key not in ("epochs", "threshold_policy"):
+                assert cfg[key] == value, (name, key)
+        study.tell(trial, 0.1)
+
+
+def test_seeds_space_gives_only_baselines():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    fn = get_space("seeds")
+    for _ in range(8):
+        trial = study.ask()
+        constants = fn(trial)  # before reading trial.params: the space fills them
+        cfg = validate_config(config_from_params({**trial.params, **constants}))
+        assert match_baseline(cfg, False) is not None
+        study.tell(trial, 0.1)
+
+
+def test_unknown_space_named():
+    with pytest.raises(KeyError, match="unknown search space 'huge'"):
+        get_space("huge")

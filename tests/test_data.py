@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomaly_ae.data import DatasetError, load_proliv, make_dataset, make_splits
+from anomaly_ae.data.synthetic import COUNTS
+
+
+def write_layout(root, n_train=3, n_proliv=2, annotation="a.png 0\nb.png 1\n"):
+    for sub in ("train", "proliv", "test/imgs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(np.full((30, 48, 3), 120, np.uint8))
+    for i in range(n_train):
+        img.save(root / "train" / f"{i}.jpg")
+    for i in range(n_proliv):
+        img.save(root / "proliv" / f"{i}.jpeg")
+    img.save(root / "test" / "imgs" / "a.png")
+    img.save(root / "test" / "imgs" / "b.png")
+    (root / "test" / "test_annotation.txt").write_text(annotation)
+    return root
+
+
+def test_loads_layout_and_resizes(tmp_path):
+    data = load_proliv(write_layout(tmp_path / "d"), size=(32, 48), cache_dir=tmp_path / "c")
+    assert data.train.shape == (3, 32, 48, 3) and data.train.dtype == np.uint8
+    assert data.proliv.shape == (2, 32, 48, 3)
+    assert list(data.test_labels) == [0, 1] and data.test_names == ["a.png", "b.png"]
+
+
+def test_cache_is_reused_and_keyed_by_content(tmp_path):
+    root = write_layout(tmp_path / "d")
+    cache = tmp_path / "c"
+    first = load_proliv(root, cache_dir=cache)
+    files = list(cache.glob("*.npz"))
+    assert len(files) == 1
+    # Poison the cached array: a reload that reads the cache sees the poisoned values.
+    with np.load(files[0]) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    arrays["train"][:] = 7
+    np.savez(files[0], **arrays)
+    assert (load_proliv(root, cache_dir=cache).train == 7).all()
+    # Changed content -> new key -> fresh decode.
+    Image.fromarray(np.zeros((30, 48, 3), np.uint8)).save(root / "train" / "0.jpg")
+    again = load_proliv(root, cache_dir=cache)
+    assert again.content_hash != first.content_hash and not (again.train == 7).all()
+    assert len(list(cache.glob("*.npz"))) == 2
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_missing_folder_named(tmp_path):
+    root = write_layout(tmp_path / "d")
+    for p in (root / "proliv").iterdir():
+        p.unlink()
+    (root / "proliv").rmdir()
+    with pytest.raises(DatasetError, match=r"missing folder: .*proliv"):
+        load_proliv(root, cache_dir=tmp_path / "c")
+    with pytest.raises(DatasetError, match="missing dataset folder"):
+        load_proliv(tmp_path / "nope")
+
+
+def test_empty_folder_named(tmp_path):
+    root = write_layout(tmp_path / "d", n_train=0)
+    with pytest.raises(DatasetError, match=r"empty folder: .*train"):
+        load_proliv(root, cache_dir=tmp_path / "c")
+
+
+def test_corrupt_image_named_and_no_cache_written(tmp_path):
+    root = write_layout(tmp_path / "d")
+    (root / "train" / "1.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DatasetError, match=r"corrupt or unreadable image: .*train/1\.jpg"):
+        load_proliv(root, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists() or not list((tmp_path / "c").iterdir())
+
+
+@pytest.mark.parametrize("annotation,message", [
+    ("a.png 0\nb.png\n", r"test_annotation\.txt:2: expected 'NAME LABEL'"),
+    ("a.png 0\nb.png 2\n", r"test_annotation\.txt:2: label must be 0 or 1, got '2'"),
+    ("a.png 0\n\nc.png 1\n", r"test_annotation\.txt:3: annotated image 'c\.png' not found"),
+    ("a.png 0\na.png 1\n", r"test_annotation\.txt:2: 'a\.png' is annotated twice"),
+    ("\n", r"test_annotation\.txt: no annotations"),
+])
+def test_bad_annotation_named_with_line(tmp_path, annotation, message):
+    root = write_layout(tmp_path / "d", annotation=annotation)
+    with pytest.raises(DatasetError, match=message):
+        load_proliv(root, cache_dir=tmp_path / "c")
+
+
+def test_splits_are_seeded_and_disjoint(tiny_data_dir, tmp_path):
+    data = load_proliv(tiny_data_dir, cache_dir=tmp_path)
+    a, b = make_splits(data, 0.25, 1.0, seed=3), make_splits(data, 0.25, 1.0, seed=3)
+    assert np.array_equal(a.val_normal, b.val_normal)
+    assert len(a.train) + len(a.val_normal) == len(data.train)
+    c = make_splits(data, 0.25, 1.0, seed=4)
+    assert not np.array_equal(a.val_normal, c.val_normal)
+    half = make_splits(data, 0.25, 0.5, seed=3)
+    assert len(half.val_spill) == round(0.5 * len(data.proliv))
+
+
+def test_generated_dataset_counts_and_look(tmp_path):
+    counts = make_dataset(tmp_path / "gen", scale=0.05, seed=2)
+    assert counts == {"train": 500, "proliv": 8, "test": round(COUNTS["test_normal"] * 0.05) + 6, "test_spills": 6}
+    lines = (tmp_path / "gen" / "test" / "test_annotation.txt").read_text().split("\n")
+    assert sum(line.endswith(" 1") for line in lines) == 6
+    sizes = {Image.open(p).size for p in (tmp_path / "gen" / "train").iterdir()}
+    assert all(44 <= w <= 52 and 28 <= h <= 32 for w, h in sizes)
+    data = load_proliv(tmp_path / "gen", cache_dir=tmp_path / "c")
+    mean = data.train.reshape(-1, 3).mean(0) / 255
+    assert np.allclose(mean, [0.42, 0.53, 0.46], atol=0.03)
+    # Spills are brighter in the middle column band than normals, on average.
+    mid = slice(18, 30)
+    assert data.proliv[:, :, mid].mean() > data.train[:, :, mid].mean() + 2
+
+
+def test_generator_is_deterministic_and_refuses_overwrite(tmp_path):
+    make_dataset(tmp_path / "a", scale=0.01, seed=5)
+    make_dataset(tmp_path / "b", scale=0.01, seed=5)
+    assert (tmp_path / "a/train/00003.jpg").read_bytes() == (tmp_path / "b/train/00003.jpg").read_bytes()
+    with pytest.raises(FileExistsError, match="not empty"):
+        make_dataset(tmp_path / "a", scale=0.01, seed=5)
