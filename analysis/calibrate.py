@@ -40,8 +40,10 @@ def run_config(name: str, raw: dict, splits, epochs: int | None) -> dict:
     tick = time.perf_counter()
     train = torch.from_numpy(np.ascontiguousarray(splits.train))
     state = build_trial(cfg, train)
-    for _ in range(cfg["epochs"]):
-        train_one_epoch(state, cfg, train)
+    for epoch in range(cfg["epochs"]):
+        loss = train_one_epoch(state, cfg, train)
+        print(f"  {name} epoch {epoch + 1}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)",
+              flush=True)
     metrics, val_scores = evaluate(state, cfg, torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill))
     report = test_report(state, cfg, splits, val_scores)
     return {

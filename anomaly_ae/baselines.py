@@ -92,8 +92,14 @@ def canonical(cfg: dict) -> dict:
 
 def match_baseline(cfg: dict, perceptual_available: bool = True) -> str | None:
     """The seed baseline this config reproduces (budget aside), or None."""
+    from anomaly_ae.config import ConfigError
+
     mine = canonical(cfg)
     for name, base in baseline_configs(perceptual_available).items():
-        if canonical(base) == mine:
+        try:
+            theirs = canonical(base)
+        except ConfigError:  # seed004 without perceptual weights on disk: nothing can match it
+            continue
+        if theirs == mine:
             return name
     return None

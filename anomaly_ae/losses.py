@@ -38,7 +38,7 @@ def find_perceptual_weights(backbone: str, weights_path: str | None = None) -> P
         raise PerceptualWeightsMissing(
             f"the perceptual loss/score needs pretrained {backbone} weights, and none are on disk: "
             f"looked for {path}. Copy torchvision's {PERCEPTUAL_WEIGHT_FILES[backbone]} there "
-            f"(or set TORCH_HOME), or pass perceptual.weights=/path/to/file.pth. Nothing is downloaded."
+            f"(or set TORCH_HOME), or set the config key perceptual_weights: /path/to/file.pth. Nothing is downloaded."
         )
     return path
 

@@ -1,0 +1,81 @@
+"""run_search.py: bad input refused before Ray starts; a real sweep end to end."""
+import pytest
+import ray
+
+import run_search
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["search", "--space", "huge"], "--space"),
+    (["search", "--tnr-target", "1.5"], "--tnr-target"),
+    (["search", "--address", "nowhere"], "--address"),
+    (["search", "--config", "missing.yaml"], "--config"),
+    (["search", "--steps-per-epoch", "-3"], "--steps-per-epoch"),
+])
+def test_bad_cli_input_refused_before_ray(argv, field, capsys):
+    assert run_search.main(argv) == 2
+    assert field in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_bad_config_file_key_named(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("variant: conv_ae\nconv_ae.depth: 3\nlearning_rate: 0.1\n")
+    assert run_search.main(["search", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'learning_rate'" in err and str(cfg) in err
+    assert not ray.is_initialized()
+
+
+def test_bad_dataset_named_before_ray(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    assert run_search.main(["search", "--data", str(tmp_path)]) == 2
+    assert f"empty folder: {tmp_path / 'train'}" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_argparse_rejects_non_positive_samples(capsys):
+    with pytest.raises(SystemExit):
+        run_search.main(["search", "--num-samples", "0"])
+    assert "--num-samples" in capsys.readouterr().err
+
+
+def test_list_models_prints_registry(capsys):
+    assert run_search.main(["list-models"]) == 0
+    out = capsys.readouterr().out
+    assert "conv_ae" in out and "memae" in out and "seed 003" in out
+
+
+@pytest.mark.integration
+def test_real_sweep_ray_optuna_asha_mlflow(tiny_data_dir, tmp_path, capsys):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = run_search.main([
+        "search", "--data", str(tiny_data_dir), "--num-samples", "3", "--epochs", "2", "--steps-per-epoch", "3",
+        "--max-concurrent", "2", "--experiment", "itest", "--tracking-uri", uri,
+        "--storage-path", str(tmp_path / "ray"), "--seed", "0",
+    ])
+    ray.shutdown()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Leaderboard" in out and "seed000" in out and "mlflow ui --backend-store-uri" in out
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["itest"])
+    parents = runs[runs["tags.sweep"] == "parent"]
+    children = runs[runs["tags.mlflow.parentRunId"].notna() & (runs["tags.sweep"] != "parent")]
+    assert len(parents) == 1 and len(children) == 3
+    assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
+    assert set(runs["status"]) <= {"FINISHED", "FAILED", "KILLED"}
+    assert parents["tags.dataset_hash"].iloc[0] and parents["tags.git_commit"].iloc[0]
+    # The first three trials are the enqueued seed baselines.
+    assert set(children["tags.baseline"]) == {"seed000", "seed001", "seed002"}
+    assert children["metrics.objective"].between(0, 1).all()
+    client = MlflowClient(uri)
+    for run_id in children["run_id"]:
+        names = {a.path for a in client.list_artifacts(run_id)}
+        assert {"checkpoint.pt", "reconstructions.png", "score_histogram.png", "roc.png"} <= names
+        history = client.get_metric_history(run_id, "objective")
+        assert 1 <= len(history) <= 2
