@@ -210,6 +210,8 @@ def cmd_search(args) -> int:
         perceptual = True
     except PerceptualWeightsMissing:
         perceptual = False
+        print("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
+              "baseline are left out (seed004_denoise runs instead); see README, 'Seed baselines'.", flush=True)
     experiment = args.experiment or f"proliv-{args.space}"
     points = []
     if checked["config"] is not None:
