@@ -43,24 +43,25 @@ class PadCrop(nn.Module):
         return out._replace(recon=out.recon[..., :h, :w])
 
 
+def _with_activation(layer: nn.Module, cout: int, batch_norm: bool, dropout: float) -> nn.Sequential:
+    layers = [layer] + ([nn.BatchNorm2d(cout)] if batch_norm else []) + [nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, *([nn.Dropout2d(dropout)] if dropout > 0 else []))
+
+
 def conv_block(cin: int, cout: int, stride: int = 1, batch_norm: bool = False, dropout: float = 0.0) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    if dropout > 0:
-        layers.append(nn.Dropout2d(dropout))
-    return nn.Sequential(*layers)
+    conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=not batch_norm)
+    return _with_activation(conv, cout, batch_norm, dropout)
 
 
 def deconv_block(cin: int, cout: int, batch_norm: bool = False, dropout: float = 0.0) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(cout))
-    layers.append(nn.ReLU(inplace=True))
-    if dropout > 0:
-        layers.append(nn.Dropout2d(dropout))
-    return nn.Sequential(*layers)
+    deconv = nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, bias=not batch_norm)
+    return _with_activation(deconv, cout, batch_norm, dropout)
+
+
+def bottleneck_grid(height: int, width: int, depth: int) -> tuple[int, int]:
+    """Feature-map size after ``depth`` stride-2 stages of the padded input."""
+    m = 2**depth
+    return padded_size(height, m) // m, padded_size(width, m) // m
 
 
 def widths(base: int, depth: int, cap: int = 512) -> list[int]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from anomaly_ae.models.blocks import PadCrop, conv_block, output_activation, padded_size, widths
+from anomaly_ae.models.blocks import PadCrop, conv_block, bottleneck_grid, output_activation, widths
 from anomaly_ae.models.conv_ae import SequentialAE
 from anomaly_ae.models.registry import register_model
 
@@ -12,8 +12,7 @@ from anomaly_ae.models.registry import register_model
 def bn_linear_ae(in_channels, height, width, base_width=32, depth=3, latent_dim=512, dropout=0.0,
                  out_activation="tanh"):
     ws = widths(base_width, depth)
-    m = 2**depth
-    fh, fw = padded_size(height, m) // m, padded_size(width, m) // m
+    fh, fw = bottleneck_grid(height, width, depth)
     flat = ws[-1] * fh * fw
     encoder = nn.Sequential(
         *[conv_block(cin, cout, 2, batch_norm=True) for cin, cout in zip([in_channels] + ws[:-1], ws)],
@@ -28,4 +27,4 @@ def bn_linear_ae(in_channels, height, width, base_width=32, depth=3, latent_dim=
         if i < depth - 1:
             dec += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
     dec.append(output_activation(out_activation))
-    return PadCrop(SequentialAE(encoder, nn.Sequential(*dec)), m)
+    return PadCrop(SequentialAE(encoder, nn.Sequential(*dec)), 2**depth)

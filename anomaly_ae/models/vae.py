@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn as nn
 
-from anomaly_ae.models.blocks import PadCrop, conv_block, deconv_block, output_activation, padded_size, widths
+from anomaly_ae.models.blocks import PadCrop, conv_block, deconv_block, bottleneck_grid, output_activation, widths
 from anomaly_ae.models.registry import Reconstruction, register_model
 
 
@@ -42,8 +42,7 @@ def linear_vae(in_channels, height, width, hidden_dim=512, latent_dim=32, kl_bet
 
 def _conv_vae(in_channels, height, width, base_width, depth, latent_dim, kl_beta, dropout, out_activation):
     ws = widths(base_width, depth)
-    m = 2**depth
-    fh, fw = padded_size(height, m) // m, padded_size(width, m) // m
+    fh, fw = bottleneck_grid(height, width, depth)
     flat = ws[-1] * fh * fw
     encoder = nn.Sequential(
         *[conv_block(cin, cout, 2, batch_norm=True, dropout=dropout) for cin, cout in zip([in_channels] + ws[:-1], ws)],
@@ -55,7 +54,7 @@ def _conv_vae(in_channels, height, width, base_width, depth, latent_dim, kl_beta
         nn.Conv2d(ws[0], in_channels, 3, padding=1),
         output_activation(out_activation),
     )
-    return PadCrop(VAE(encoder, flat, latent_dim, decoder, kl_beta), m)
+    return PadCrop(VAE(encoder, flat, latent_dim, decoder, kl_beta), 2**depth)
 
 
 @register_model("small_conv_vae", seed="003", variational=True)
