@@ -5,6 +5,9 @@
     python run_search.py search --data DIR --space quick|full|seeds [...]
     python run_search.py make-data --out DIR [--scale F] [--seed N]
     python run_search.py list-models
+    python run_search.py analyze --experiment NAME      # leaderboard, importance, plots -> parent run
+    python run_search.py promote --experiment NAME [--trial ID] [--retrain] [--force]
+    python run_search.py predict --model champion --images DIR --out scores.csv
 """
 from __future__ import annotations
 
@@ -54,7 +57,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default 2)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epoch budget per trial (space default)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
-                   help="batches per epoch, 0 = a full pass (space default: quick 40, else 0)")
+                   help="batches per epoch, 0 = a full pass (space default: 0)")
+    p.add_argument("--samples-per-epoch", type=int, default=None,
+                   help="crops per epoch whatever the batch size, 0 = unused (space default: quick 2048, else 0)")
     p.add_argument("--time-budget-s", type=non_negative_float, default=None, help="stop starting trials after this")
     p.add_argument("--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
@@ -69,6 +74,17 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tnr-target", type=float, default=0.95, help="TNR the objective is constrained to (default 0.95)")
     p.add_argument("--grace-period", type=positive_int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--scale", type=float, default=1.0, help="scale of the generated default dataset (default 1)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of train/ held out as validation normals, never trained on (default 0.1)")
+    p.add_argument("--val-spill-fraction", type=float, default=1.0,
+                   help="fraction of proliv/ used as validation spills (default 1)")
+
+
+def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default sqlite mlruns/mlflow.db)")
+    if experiment_required:
+        p.add_argument("--experiment", required=True, help="the sweep's experiment name (e.g. proliv-quick)")
+        p.add_argument("--parent", default=None, help="a sweep's parent run id (default: the latest sweep)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     sub.add_parser("list-models", help="print the registered autoencoder variants",
                    description="Print every registered variant with its seed and tunable parameters.")
+    analyze = sub.add_parser("analyze", help="report a sweep: leaderboard, parameter importance, plots",
+                             description="Load a sweep from MLflow, print its report, and log report.md and the "
+                                         "PNGs to the sweep's parent run under analysis/.")
+    add_store_args(analyze)
+    analyze.add_argument("--top", type=positive_int, default=10, help="trials in the leaderboard (default 10)")
+    analyze.add_argument("--importance", choices=["ped_anova", "fanova"], default="ped_anova",
+                         help="Optuna importance evaluator (default ped_anova)")
+    promote = sub.add_parser("promote", help="evaluate the best trial once on test and make it the champion",
+                             description="Fix the threshold on validation, evaluate once on test beside the seed "
+                                         "baselines, register the model and set the alias 'champion'.")
+    add_store_args(promote)
+    promote.add_argument("--trial", default=None, help="trial id or run id to promote (default: the best)")
+    promote.add_argument("--retrain", action="store_true",
+                         help="retrain the config with full passes over the train split first, once per seed")
+    promote.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --retrain (default 0 1 2)")
+    promote.add_argument("--force", action="store_true", help="replace a champion with better test figures")
+    promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
+    promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
+    promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
+                         help="where to write the promoted config (default ./best_config.yaml)")
+    predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
+                             description="Score every crop in a folder; writes name, score, label (1 = spill).")
+    add_store_args(predict, experiment_required=False)
+    predict.add_argument("--model", default="champion", help="alias or version number (default champion)")
+    predict.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
+    predict.add_argument("--images", type=Path, required=True, help="folder of .jpg/.jpeg/.png crops")
+    predict.add_argument("--out", type=Path, required=True, help="CSV to write")
     return parser
 
 
@@ -103,8 +146,16 @@ def validate_search_args(args) -> dict:
         raise UsageError(f"--tnr-target: {args.tnr_target} is outside [0.5, 1]")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 0:
         raise UsageError(f"--steps-per-epoch: must be >= 0, got {args.steps_per_epoch}")
+    if args.samples_per_epoch is not None and args.samples_per_epoch < 0:
+        raise UsageError(f"--samples-per-epoch: must be >= 0, got {args.samples_per_epoch}")
+    if args.steps_per_epoch and args.samples_per_epoch:
+        raise UsageError("--steps-per-epoch and --samples-per-epoch both set an epoch's length; give one")
     if args.address and not (args.address == "auto" or args.address.startswith("ray://") or ":" in args.address):
         raise UsageError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT, got {args.address!r}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction: must be in (0, 1), got {args.val_fraction}")
+    if not 0.0 < args.val_spill_fraction <= 1.0:
+        raise UsageError(f"--val-spill-fraction: must be in (0, 1], got {args.val_spill_fraction}")
     if args.gpus_per_trial > 0 and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial: fractions must be < 1, got {args.gpus_per_trial}")
     config = None
@@ -202,7 +253,7 @@ def cmd_search(args) -> int:
             print(f"  {make_dataset(data_dir, scale=args.scale, seed=0, overwrite=True)}", flush=True)
     tick = time.perf_counter()
     data = load_proliv(data_dir)
-    splits = make_splits(data)
+    splits = make_splits(data, args.val_fraction, args.val_spill_fraction, seed=0)
     print(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
           f"{len(splits.val_spill)} val spills; decoded/cached in {time.perf_counter() - tick:.1f}s)", flush=True)
     try:
@@ -224,6 +275,10 @@ def cmd_search(args) -> int:
     client, tracking = prepare_tracking(args.tracking_uri, experiment, {
         "space": args.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
         "git_commit": git_commit(), "command": command, "num_samples": str(args.num_samples),
+        "perceptual": str(int(perceptual)), "tnr_target": str(args.tnr_target),
+        "n_val_normal": str(len(splits.val_normal)), "n_val_spill": str(len(splits.val_spill)),
+        "val_normal_fraction": str(args.val_fraction), "val_spill_fraction": str(args.val_spill_fraction),
+        "split_seed": "0",
     })
     from trainables.sweep import run_sweep
 
@@ -247,6 +302,63 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from analysis.report import REPORT_DIR, analyze
+
+    report = analyze(MlflowClient(args.tracking_uri), args.experiment, args.parent, args.top, args.importance)
+    print(report.markdown)
+    print(f"logged {REPORT_DIR}/report.md and {len(report.figures)} PNGs to parent run {report.parent_run_id}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from analysis.promote import PromotionRefused, format_comparison, promote
+
+    try:
+        result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
+                         args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
+                         args.parent)
+    except PromotionRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    p = result.promoted
+    print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures at the "
+          f"threshold fixed on validation, beside the sweep's seed baselines:")
+    print(format_comparison(result.table))
+    if p.retrain_spread:
+        s = p.retrain_spread
+        print(f"retrain spread over seeds {s['seeds']}: test TPR {s['test_tpr_mean']:.4f} ± {s['test_tpr_std']:.4f}, "
+              f"TNR {s['test_tnr_mean']:.4f} ± {s['test_tnr_std']:.4f}")
+    print(f"registered {args.model_name} version {result.version.version} with alias 'champion' "
+          f"(models:/{args.model_name}@champion)")
+    print(f"wrote {result.config_path} (reproduce with: python run_search.py search --config {result.config_path})")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import mlflow.pyfunc
+
+    from anomaly_ae.serving import score_folder
+
+    ref = f"models:/{args.model_name}/{args.model}" if args.model.isdigit() else f"models:/{args.model_name}@{args.model}"
+    mlflow.set_tracking_uri(args.tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(ref)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(f"--model: cannot load {ref} from {args.tracking_uri}: {exc.message}") from exc
+    detector = model.unwrap_python_model().detector
+    frame = score_folder(model, args.images, tuple(detector["decode_size"]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(args.out, index=False)
+    print(f"wrote {args.out}: {len(frame)} crops, {int(frame['label'].sum())} flagged as spills "
+          f"(score {detector['score']} > threshold {detector['threshold']:.6g})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -260,16 +372,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "make-data":
             cmd_make_data(args)
             return 0
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
         return cmd_search(args)
     except (UsageError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001
+        from analysis.sweep_runs import SweepNotFound
         from anomaly_ae.data import DatasetError
-        if isinstance(exc, DatasetError):
+        if isinstance(exc, (DatasetError, SweepNotFound)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
+
+
+COMMANDS = {"analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict}
 
 
 if __name__ == "__main__":

@@ -55,3 +55,42 @@ def roc_plot(normal, spill, path, max_fpr: float = 0.05) -> str:
     ax.set_ylabel("TPR")
     ax.legend(fontsize=7)
     return save(fig, path)
+
+
+def objective_over_trials(frame, path) -> str:
+    """Each trial's best objective in start order, with the best so far; baselines marked."""
+    ordered = frame.sort_values("trial_number")
+    x, y = ordered["trial_number"].to_numpy(), ordered["best_objective"].to_numpy(dtype=float)
+    is_base = (ordered["baseline"].fillna("") != "").to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter(x[~is_base], y[~is_base], s=18, label="searched")
+    ax.scatter(x[is_base], y[is_base], s=28, marker="s", label="seed baseline")
+    ax.step(x, np.fmax.accumulate(np.nan_to_num(y, nan=-np.inf)), where="post", color="k", label="best so far")
+    ax.set_xlabel("trial (start order)")
+    ax.set_ylabel("val TPR @ TNR target")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def importance_bars(importances: dict, path) -> str:
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set_xlabel("importance")
+    ax.tick_params(axis="y", labelsize=7)
+    return save(fig, path)
+
+
+def objective_by(frame, column: str, path) -> str:
+    """Best objective per trial, grouped by one column (variant, score type)."""
+    groups = sorted(frame[column].dropna().unique())
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(groups) + 1), 3.5))
+    for i, g in enumerate(groups):
+        y = frame.loc[frame[column] == g, "best_objective"].to_numpy(dtype=float)
+        ax.scatter(np.full(len(y), i) + np.linspace(-0.15, 0.15, len(y)), y, s=16)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("val TPR @ TNR target")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"objective by {column}", fontsize=9)
+    return save(fig, path)

@@ -72,7 +72,7 @@ def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
 
 
 # Keys that do not make a config a different baseline: the budget and the seed.
-_BUDGET_KEYS = ("epochs", "steps_per_epoch", "seed", "baseline", "threshold_policy")
+_BUDGET_KEYS = ("epochs", "steps_per_epoch", "samples_per_epoch", "seed", "baseline", "threshold_policy")
 
 
 def canonical(cfg: dict) -> dict:

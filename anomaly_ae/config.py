@@ -104,6 +104,9 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "batch_size": (64, _int(1, 8192)),
     "epochs": (10, _int(1, 10_000)),
     "steps_per_epoch": (0, _int(0, 1_000_000)),  # 0: one full pass over train
+    # A fixed number of crops per epoch, whatever the batch size (0: unused). The quick preset
+    # uses it so that a batch-512 trial costs what a batch-16 one does.
+    "samples_per_epoch": (0, _int(0, 100_000_000)),
     "eval_every": (1, _int(1, 1000)),
     "seed": (0, _int(0, 2**31 - 1)),
     # bookkeeping: the seed write-up this config reproduces, if any
@@ -157,6 +160,9 @@ def validate_config(raw: dict) -> dict:
         else:
             valid = sorted(SCHEMA) + sorted(SCORE_PARAM_RANGES) + [f"{variant}.{p}" for p in sorted(spec.params)]
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+    if cfg["steps_per_epoch"] and cfg["samples_per_epoch"]:
+        raise ConfigError(f"samples_per_epoch: {cfg['samples_per_epoch']} and steps_per_epoch: "
+                          f"{cfg['steps_per_epoch']} both set an epoch's length; set one of them")
     activation = output_activation_for(cfg)
     if activation is not None and cfg["normalisation"] not in ACTIVATIONS_ALLOWED[activation]:
         raise ConfigError(

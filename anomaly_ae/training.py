@@ -207,10 +207,14 @@ def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torc
 
 
 def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> float:
-    """One epoch (or ``steps_per_epoch`` batches); returns the mean loss. Raises DivergedError."""
+    """One epoch (a full pass, ``steps_per_epoch`` batches or ``samples_per_epoch`` crops); returns
+    the mean loss. Raises DivergedError."""
     state.model.train()
     n, bs = len(train_u8), min(cfg["batch_size"], len(train_u8))
-    steps = n // bs if cfg["steps_per_epoch"] == 0 else cfg["steps_per_epoch"]
+    if cfg.get("samples_per_epoch"):
+        steps = max(1, -(-cfg["samples_per_epoch"] // bs))
+    else:
+        steps = n // bs if cfg["steps_per_epoch"] == 0 else cfg["steps_per_epoch"]
     passes = -(-steps * bs // n)
     order = torch.cat([torch.randperm(n, generator=state.generator) for _ in range(passes)])
     total = 0.0

@@ -134,34 +134,41 @@ def optimisation(trial, batch_sizes=tuple(BATCH_SIZES)) -> None:
     trial.suggest_categorical("batch_size", list(batch_sizes))
 
 
-def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0) -> dict:
+def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0,
+               samples_per_epoch: int = 0) -> dict:
     """Every dimension; epochs are the ASHA budget, the same for every trial."""
     variant = architecture(trial)
     constants = augmentation(trial, variant)
     loss(trial, perceptual)
     score(trial, variant, perceptual)
     optimisation(trial)
-    return {**constants, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    return {**constants, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch}
 
 
-def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoch: int = 40) -> dict:
-    """CPU-sized: the same dimensions on a short budget of fixed-size epochs."""
-    return full_space(trial, perceptual, epochs, steps_per_epoch)
+def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoch: int = 0,
+                samples_per_epoch: int = 2048) -> dict:
+    """CPU-sized: the same dimensions on a short budget of 2,048 crops per epoch."""
+    return full_space(trial, perceptual, epochs, steps_per_epoch, samples_per_epoch)
 
 
-def seeds_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0) -> dict:
+def seeds_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0,
+                samples_per_epoch: int = 0) -> dict:
     """Only the seed baselines, one per trial, each on the same budget."""
     baselines = baseline_configs(perceptual)
     name = trial.suggest_categorical("seed_baseline", sorted(baselines))
     cfg = {k: v for k, v in baselines[name].items() if k not in NOT_SEARCHED}
-    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch}
+    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch}
 
 
 SPACES = {"quick": quick_space, "full": full_space, "seeds": seeds_space}
 
 
-def get_space(name: str, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int | None = None):
-    """A picklable define-by-run function (Tuner.restore needs to unpickle it)."""
+def get_space(name: str, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int | None = None,
+              samples_per_epoch: int | None = None):
+    """A picklable define-by-run function (Tuner.restore needs to unpickle it).
+
+    Giving only one of ``steps_per_epoch`` and ``samples_per_epoch`` switches the other off.
+    """
     if name not in SPACES:
         raise KeyError(f"unknown search space {name!r}; valid: {sorted(SPACES)}")
     kwargs = {"perceptual": perceptual}
@@ -169,11 +176,16 @@ def get_space(name: str, perceptual: bool = False, epochs: int | None = None, st
         kwargs["epochs"] = epochs
     if steps_per_epoch is not None:
         kwargs["steps_per_epoch"] = steps_per_epoch
+        kwargs.setdefault("samples_per_epoch", samples_per_epoch or 0)
+    if samples_per_epoch is not None:
+        kwargs["samples_per_epoch"] = samples_per_epoch
+        if steps_per_epoch is None:
+            kwargs["steps_per_epoch"] = 0
     return partial(SPACES[name], **kwargs)
 
 
 # Keys a baseline fixes that are not search dimensions: the budget and bookkeeping.
-NOT_SEARCHED = ("baseline", "threshold_policy", "epochs", "steps_per_epoch", "seed")
+NOT_SEARCHED = ("baseline", "threshold_policy", "epochs", "steps_per_epoch", "samples_per_epoch", "seed")
 
 
 def config_from_params(params: dict) -> dict:

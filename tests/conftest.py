@@ -27,3 +27,27 @@ def tiny_splits(tiny_data_dir, tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tiny_data_dir, tmp_path_factory):
+    """One real sweep (Ray + Optuna + ASHA + MLflow) of the three first seed baselines, shared by tests."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import ray
+
+    import run_search
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_search.main([
+            "search", "--data", str(tiny_data_dir), "--num-samples", "3", "--epochs", "2", "--steps-per-epoch", "3",
+            "--max-concurrent", "2", "--experiment", "itest", "--tracking-uri", uri,
+            "--storage-path", str(tmp / "ray"), "--seed", "0", "--val-fraction", "0.2",
+        ])
+    ray.shutdown()
+    return SimpleNamespace(code=code, out=out.getvalue(), uri=uri, experiment="itest", data=tiny_data_dir, tmp=tmp)

@@ -24,6 +24,7 @@ def test_defaults_fill_and_validate():
     ({"score": "elbo"}, "score"),
     ({"normalisation": "dataset", "conv_ae.out_activation": "sigmoid"}, "normalisation"),
     ({"topk.fraction": 0}, "topk.fraction"),
+    ({"samples_per_epoch": 64, "steps_per_epoch": 2}, "samples_per_epoch"),
 ])
 def test_bad_values_name_the_field(raw, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -89,3 +90,29 @@ def test_seeds_space_gives_only_baselines():
 def test_unknown_space_named():
     with pytest.raises(KeyError, match="unknown search space 'huge'"):
         get_space("huge")
+
+
+@pytest.mark.parametrize("batch_size,samples,steps", [(16, 64, 4), (16, 50, 4), (512, 64, 1), (8, 0, 12)])
+def test_epoch_length_in_samples_is_batch_independent(tiny_splits, batch_size, samples, steps):
+    """samples_per_epoch fixes the crops per epoch; 0 falls back to a full pass (here 100 crops)."""
+    import torch
+
+    from anomaly_ae.training import build_trial, train_one_epoch
+
+    cfg = validate_config({"conv_ae.base_width": 8, "batch_size": batch_size, "samples_per_epoch": samples,
+                           "optimizer": "adam"})
+    train = torch.from_numpy(tiny_splits.train[:100].copy())
+    state = build_trial(cfg, train, torch.device("cpu"))
+    train_one_epoch(state, cfg, train)
+    adam_steps = {int(s["step"]) for s in state.optimizer.state.values()}
+    assert adam_steps == {steps}
+
+
+def test_quick_space_budget_is_in_samples():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    constants = get_space("quick")(trial)
+    cfg = validate_config({**config_from_params(trial.params), **constants})
+    assert cfg["samples_per_epoch"] == 2048 and cfg["steps_per_epoch"] == 0
+    steps_given = get_space("quick", steps_per_epoch=3)(study.ask())
+    assert steps_given["steps_per_epoch"] == 3 and steps_given["samples_per_epoch"] == 0

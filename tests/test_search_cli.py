@@ -47,25 +47,21 @@ def test_list_models_prints_registry(capsys):
 
 
 @pytest.mark.integration
-def test_real_sweep_ray_optuna_asha_mlflow(tiny_data_dir, tmp_path, capsys):
+def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = run_search.main([
-        "search", "--data", str(tiny_data_dir), "--num-samples", "3", "--epochs", "2", "--steps-per-epoch", "3",
-        "--max-concurrent", "2", "--experiment", "itest", "--tracking-uri", uri,
-        "--storage-path", str(tmp_path / "ray"), "--seed", "0",
-    ])
-    ray.shutdown()
-    assert code == 0
-    out = capsys.readouterr().out
+    uri = tiny_sweep.uri
+    assert tiny_sweep.code == 0
+    out = tiny_sweep.out
     assert "Leaderboard" in out and "seed000" in out and "mlflow ui --backend-store-uri" in out
+    assert out.count("] ") >= 3  # one progress line per finished trial
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["itest"])
     parents = runs[runs["tags.sweep"] == "parent"]
-    children = runs[runs["tags.mlflow.parentRunId"].notna() & (runs["tags.sweep"] != "parent")]
+    # Trial runs carry a trial_id; promotion runs (other tests) are nested under the parent too.
+    children = runs[runs["tags.trial_id"].notna()]
     assert len(parents) == 1 and len(children) == 3
     assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
     assert set(runs["status"]) <= {"FINISHED", "FAILED", "KILLED"}

@@ -7,6 +7,7 @@ Each trial also writes one MLflow child run under the sweep's parent run.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -65,7 +66,8 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, cfg: dict, second
 class TrialRun:
     """The trial's MLflow child run; a no-op when the trial runs without tracking."""
 
-    def __init__(self, tracking: Tracking | None, cfg: dict, trial_name: str, trial_id: str):
+    def __init__(self, tracking: Tracking | None, cfg: dict, trial_name: str, trial_id: str,
+                 search_params: dict | None = None):
         self.client = self.run_id = None
         self.ended = False
         if tracking is None:
@@ -75,7 +77,9 @@ class TrialRun:
         self.client = MlflowClient(tracking.tracking_uri)
         tags = {"mlflow.parentRunId": tracking.parent_run_id, "mlflow.runName": trial_name,
                 "trial_id": trial_id, "variant": cfg["variant"], "score": cfg["score"],
-                "baseline": cfg["baseline"] or ""}
+                "baseline": cfg["baseline"] or "",
+                # The sampler's own parameter names, so analysis can replay the trials into a study.
+                "search_params": json.dumps(search_params or {}, sort_keys=True)}
         self.run_id = self.client.create_run(tracking.experiment_id, tags=tags).info.run_id
         params = flatten_params(cfg)
         from mlflow.entities import Param
@@ -134,7 +138,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
     cfg["baseline"] = cfg["baseline"] or match_baseline(cfg)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     name, trial_id = _trial_identity()
-    run = TrialRun(tracking, cfg, name, trial_id)
+    run = TrialRun(tracking, cfg, name, trial_id, config)
     status = "KILLED"  # stays so if the scheduler stops us inside tune.report
     try:
         _train(cfg, splits, run)

@@ -47,7 +47,7 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
         else:
             ray.init(num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)), include_dashboard=False,
                      log_to_driver=False)
-    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch)
+    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch)
     epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.

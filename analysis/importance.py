@@ -1,0 +1,54 @@
+"""Parameter importance of a finished sweep, with Optuna's evaluators.
+
+Ray's OptunaSearch keeps its study to itself, so the trials are replayed into a
+fresh in-memory study: each trial's sampled parameters are enqueued and the
+sweep's own define-by-run space suggests them again, which records the same
+(conditional) distributions. The value given to Optuna is the trial's best
+objective; ASHA-stopped trials count with their shorter budget (see README).
+"""
+from __future__ import annotations
+
+import logging
+
+import optuna
+import pandas as pd
+
+from search_spaces import get_space
+
+
+def replay_study(space_name: str, perceptual: bool, trials: list[tuple[dict, float]]) -> optuna.Study:
+    """An in-memory study holding ``(search_params, value)`` trials with the space's distributions."""
+    space = get_space(space_name, perceptual)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for params, _ in trials:
+        study.enqueue_trial(params, skip_if_exists=False)
+    values = [float(v) for _, v in trials]
+
+    def replay(trial: optuna.Trial) -> float:
+        space(trial)
+        return values[trial.number]
+
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.WARNING)
+    try:
+        study.optimize(replay, n_trials=len(trials))
+    finally:
+        optuna_logger.setLevel(level)
+    return study
+
+
+def param_importances(frame: pd.DataFrame, space_name: str, perceptual: bool, evaluator: str = "ped_anova") -> dict:
+    """Importance per sampled parameter over the trials with a finite objective (PED-ANOVA or fANOVA)."""
+    done = frame[frame["best_objective"].notna() & frame["search_params"].map(bool)]
+    if len(done) < 2:
+        raise ValueError(f"parameter importance needs at least 2 finished trials, this sweep has {len(done)}")
+    if done["best_objective"].nunique() < 2:
+        raise ValueError("parameter importance needs trials with different objectives; all are "
+                         f"{done['best_objective'].iloc[0]:.4g}")
+    study = replay_study(space_name, perceptual, list(zip(done["search_params"], done["best_objective"])))
+    evaluators = {"ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
+                  "fanova": optuna.importance.FanovaImportanceEvaluator}
+    if evaluator not in evaluators:
+        raise ValueError(f"unknown importance evaluator {evaluator!r}; valid: {sorted(evaluators)}")
+    return dict(optuna.importance.get_param_importances(study, evaluator=evaluators[evaluator]()))

@@ -1,0 +1,289 @@
+"""`run_search.py promote`: one honest test evaluation, then the MLflow registry alias `champion`.
+
+The threshold is fixed on validation with the trial's policy; test is scored
+once, for the promoted trial and for the sweep's seed baselines, side by side.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, sweep_frame
+from anomaly_ae.evaluation import test_report
+from anomaly_ae.training import build_trial, checkpoint_payload, evaluate, load_trained, train_one_epoch
+
+DEFAULT_MODEL_NAME = "proliv-autoencoder"
+CHAMPION = "champion"
+# Keys kept out of best_config.yaml: they describe where a config came from, not what it is.
+NOT_REPRODUCED = ("baseline",)
+
+
+class PromotionRefused(RuntimeError):
+    """The current champion is better on test; --force overrides."""
+
+
+@dataclass
+class Candidate:
+    name: str
+    trial_id: str
+    run_id: str
+    payload: dict
+    report: dict
+    retrain_spread: dict = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> dict:
+        return self.payload["config"]
+
+    @property
+    def val_objective(self) -> float:
+        return float(self.payload["report"]["objective"])
+
+
+def champion_rank(report: dict, tnr_target: float) -> tuple:
+    """Order of test figures: meeting the TNR target first, then TPR; otherwise Youden's J."""
+    meets = report["tnr"] >= tnr_target
+    return (meets, report["tpr"] if meets else report["tpr"] + report["tnr"] - 1.0, report["tnr"])
+
+
+def evaluate_once(payload: dict, splits) -> dict:
+    """Rebuild the trained model; threshold from its validation scores; one pass over test."""
+    state = load_trained(payload, device=torch.device("cpu"))
+    report = test_report(state, payload["config"], splits, payload["val_scores"])
+    report.pop("test_scores")
+    return report
+
+
+def retrain(cfg: dict, splits, seeds: list[int], log=print) -> tuple[dict, dict]:
+    """Retrain ``cfg`` with full passes over the train split for each seed.
+
+    Validation normals stay held out: the threshold is fixed on them. Returns the
+    payload of the seed with the best validation objective and the spread.
+    """
+    train = torch.from_numpy(np.ascontiguousarray(splits.train))
+    val_n, val_s = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
+    runs = []
+    for seed in seeds:
+        run_cfg = {**cfg, "seed": seed, "steps_per_epoch": 0, "samples_per_epoch": 0}
+        state = build_trial(run_cfg, train, torch.device("cpu"))
+        tick = time.perf_counter()
+        for _ in range(run_cfg["epochs"]):
+            loss = train_one_epoch(state, run_cfg, train)
+        metrics, val_scores = evaluate(state, run_cfg, val_n, val_s)
+        main = metrics[run_cfg["score"]]
+        report = {"objective": main["tpr_at_tnr"], "threshold": main["threshold"], "val_auroc": main["auroc"]}
+        payload = checkpoint_payload(state, run_cfg, val_scores, report)
+        test = evaluate_once(payload, splits)
+        runs.append((payload, test))
+        log(f"  retrain seed {seed}: loss {loss:.5f}, val objective {report['objective']:.4f}, "
+            f"test TPR {test['tpr']:.4f} TNR {test['tnr']:.4f} ({time.perf_counter() - tick:.0f}s)")
+    spread = {}
+    for key, values in (("val_objective", [p["report"]["objective"] for p, _ in runs]),
+                        ("test_tpr", [t["tpr"] for _, t in runs]), ("test_tnr", [t["tnr"] for _, t in runs])):
+        spread[f"{key}_mean"], spread[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+    best_payload, best_test = max(runs, key=lambda r: r[0]["report"]["objective"])
+    return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
+
+
+def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
+    rows = []
+    for c in candidates:
+        r = c.report
+        rows.append({
+            "config": c.name, "trial_id": c.trial_id, "variant": c.cfg["variant"], "score": c.cfg["score"],
+            "policy": r["policy"], "val_objective": c.val_objective,
+            "test_tpr": r["tpr"], "tpr_ci": f"{r['tpr_ci'][0]:.3f}-{r['tpr_ci'][1]:.3f}",
+            "test_tnr": r["tnr"], "tnr_ci": f"{r['tnr_ci'][0]:.3f}-{r['tnr_ci'][1]:.3f}",
+            "TP": r["tp"], "FP": r["fp"], "TN": r["tn"], "FN": r["fn"], "test_auroc": r["auroc"],
+            "threshold": r["threshold"], "oracle_tpr_at_tnr": r["oracle_tpr_at_tnr"],
+        })
+    return pd.DataFrame(rows)
+
+
+def best_config(cfg: dict) -> dict:
+    """The promoted config as `search --config` reads it."""
+    return {k: v for k, v in sorted(cfg.items()) if k not in NOT_REPRODUCED}
+
+
+def write_best_config(cfg: dict, path: Path) -> Path:
+    from anomaly_ae.config import validate_config
+
+    clean = best_config(cfg)
+    validate_config(clean)  # what we write must be what search accepts
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("# promoted by run_search.py promote; use with: run_search.py search --config THIS\n"
+                   + yaml.safe_dump(clean, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def current_champion(client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def champion_check(client, model_name: str, report: dict, dataset_hash: str, tnr_target: float) -> str | None:
+    """Why the current champion should stay, or None when the candidate may replace it."""
+    champ = current_champion(client, model_name)
+    if champ is None:
+        return None
+    tags = champ.tags
+    if tags.get("dataset_hash") != dataset_hash:
+        return None  # figures on different test data are not comparable; the newer sweep wins
+    theirs = {"tpr": float(tags["test_tpr"]), "tnr": float(tags["test_tnr"])}
+    if champion_rank(theirs, tnr_target) > champion_rank(report, tnr_target):
+        return (f"the current {CHAMPION} ({model_name} version {champ.version}, trial {tags.get('trial_id', '?')}) "
+                f"has better test figures: TPR {theirs['tpr']:.4f} TNR {theirs['tnr']:.4f} against this candidate's "
+                f"TPR {report['tpr']:.4f} TNR {report['tnr']:.4f}; pass --force to replace it anyway")
+    return None
+
+
+def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -> str:
+    from analysis.report import markdown_table
+
+    r = promoted.report
+    lines = [f"Promoted from sweep `{experiment}`, trial `{promoted.trial_id}` ({promoted.cfg['variant']}, "
+             f"score {promoted.cfg['score']}, threshold policy {r['policy']}).",
+             f"Test (threshold {r['threshold']:.6g} fixed on validation): TPR {r['tpr']:.4f} "
+             f"[{r['tpr_ci'][0]:.3f}, {r['tpr_ci'][1]:.3f}], TNR {r['tnr']:.4f} "
+             f"[{r['tnr_ci'][0]:.3f}, {r['tnr_ci'][1]:.3f}], TP {r['tp']} FP {r['fp']} TN {r['tn']} FN {r['fn']}, "
+             f"AUROC {r['auroc']:.4f}.", ""]
+    if promoted.retrain_spread:
+        s = promoted.retrain_spread
+        lines += [f"Retrained with seeds {s['seeds']} (seed {s['chosen_seed']} kept, best on validation): "
+                  f"val objective {s['val_objective_mean']:.4f} ± {s['val_objective_std']:.4f}, "
+                  f"test TPR {s['test_tpr_mean']:.4f} ± {s['test_tpr_std']:.4f}, "
+                  f"test TNR {s['test_tnr_mean']:.4f} ± {s['test_tnr_std']:.4f}.", ""]
+    return "\n".join(lines + [markdown_table(table)]) + "\n"
+
+
+def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
+             decode_size: tuple[int, int], dataset_hash: str, config_path: Path):
+    """Log the detector as a pyfunc model in a promotion run, register it, set the alias."""
+    import mlflow
+
+    from anomaly_ae.serving import DETECTOR_FILE, ProlivDetector
+
+    r = promoted.report
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        torch.save(promoted.payload, folder / "checkpoint.pt")
+        (folder / DETECTOR_FILE).write_text(json.dumps({
+            "score": promoted.cfg["score"], "threshold": r["threshold"], "policy": r["policy"],
+            "tnr_target": promoted.cfg["tnr_target"], "decode_size": list(decode_size)}, indent=2))
+        (folder / "test_report.md").write_text(markdown)
+        tags = {"mlflow.parentRunId": parent.info.run_id, "sweep": "promotion",
+                "mlflow.runName": f"promote-{promoted.trial_id}", "promoted_trial": promoted.trial_id}
+        with mlflow.start_run(experiment_id=parent.info.experiment_id, tags=tags) as run:
+            mlflow.log_params({"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"],
+                               "threshold": r["threshold"]})
+            mlflow.log_metrics({"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": r["auroc"]})
+            mlflow.log_artifact(str(folder / "test_report.md"))
+            mlflow.log_artifact(str(config_path))
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=ProlivDetector(),
+                artifacts={"checkpoint": str(folder / "checkpoint.pt"), "detector": str(folder / DETECTOR_FILE)},
+                pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "mlflow", "pandas", "numpy"],
+            )
+        version = mlflow.register_model(info.model_uri, model_name, tags={
+            "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "promotion_run_id": run.info.run_id,
+            "dataset_hash": dataset_hash, "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}",
+            "test_auroc": f"{r['auroc']:.6f}", "threshold": f"{r['threshold']:.9g}", "score": promoted.cfg["score"],
+        })
+    client.update_model_version(model_name, version.version, description=markdown)
+    client.set_registered_model_alias(model_name, CHAMPION, version.version)
+    return version
+
+
+def load_sweep_data(parent, data_dir: Path | None):
+    """The sweep's dataset and splits; the content hash must match the sweep's."""
+    from anomaly_ae.data import load_proliv, make_splits
+
+    tags = parent.data.tags
+    root = Path(data_dir or tags.get("dataset_path", ""))
+    data = load_proliv(root)
+    if tags.get("dataset_hash") and data.content_hash != tags["dataset_hash"]:
+        raise SweepNotFound(f"--data: {root} has content hash {data.content_hash[:12]}, but the sweep ran on "
+                            f"{tags['dataset_hash'][:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
+    splits = make_splits(data, float(tags.get("val_normal_fraction", 0.1)), float(tags.get("val_spill_fraction", 1.0)),
+                         int(tags.get("split_seed", 0)))
+    return data, splits
+
+
+@dataclass
+class Promotion:
+    promoted: Candidate
+    table: pd.DataFrame
+    version: object
+    config_path: Path
+    markdown: str
+
+
+def promote(client, tracking_uri: str, experiment: str, trial: str | None = None, retrain_seeds: list[int] = (),
+            force: bool = False, model_name: str = DEFAULT_MODEL_NAME, data_dir: Path | None = None,
+            config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None, log=print) -> Promotion:
+    parent = find_parent_run(client, experiment, parent_run_id)
+    frame = sweep_frame(client, parent)
+    if trial is not None:
+        chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial)]
+        if chosen.empty:
+            raise SweepNotFound(f"--trial: no trial {trial!r} in sweep {parent.info.run_id}; "
+                                f"trials: {', '.join(frame['trial_id'])}")
+        row = chosen.iloc[0]
+    else:
+        ok = frame[frame["best_objective"].notna() & (frame["status"] != "DIVERGED")]
+        if ok.empty:
+            raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
+        row = ok.iloc[0]
+    data, splits = load_sweep_data(parent, data_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = download_checkpoint(client, row["run_id"], Path(tmp))
+        baselines = []
+        for _, b in frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])].iterrows():
+            try:
+                b_payload = download_checkpoint(client, b["run_id"], Path(tmp) / b["run_id"])
+            except SweepNotFound as exc:
+                log(f"  baseline {b['baseline']} left out: {exc}")
+                continue
+            baselines.append(Candidate(b["baseline"], b["trial_id"], b["run_id"], b_payload,
+                                       evaluate_once(b_payload, splits)))
+    name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
+    spread = {}
+    if retrain_seeds:
+        log(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
+        payload, spread = retrain(payload["config"], splits, list(retrain_seeds), log)
+        report = spread.pop("test")
+    else:
+        report = evaluate_once(payload, splits)
+    promoted = Candidate(name, row["trial_id"], row["run_id"], payload, report, spread)
+    table = comparison_table([promoted, *sorted(baselines, key=lambda c: c.name)])
+    markdown = report_markdown(promoted, table, experiment)
+    reason = champion_check(client, model_name, report, data.content_hash, promoted.cfg["tnr_target"])
+    if reason and not force:
+        raise PromotionRefused(reason)
+    config_path = write_best_config(promoted.cfg, config_out)
+    version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.content_hash,
+                       config_path)
+    return Promotion(promoted, table, version, config_path, markdown)
+
+
+def format_comparison(table: pd.DataFrame) -> str:
+    cols = ["config", "trial_id", "variant", "score", "val_objective", "test_tpr", "tpr_ci", "test_tnr", "tnr_ci",
+            "TP", "FP", "TN", "FN", "test_auroc", "threshold"]
+    return table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")

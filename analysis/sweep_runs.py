@@ -1,0 +1,117 @@
+"""A sweep as one DataFrame, read from its MLflow runs (the durable record).
+
+One row per trial: the leaderboard columns, status, wall time, epochs run,
+the best and final objective, and every config key as a ``param.<key>`` column.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from anomaly_ae.metrics import clopper_pearson
+
+# Columns shared with the Ray-side frame (analysis.leaderboard.results_frame).
+KEY_PARAMS = ("image", "normalisation", "lr", "batch_size")
+
+
+class SweepNotFound(LookupError):
+    """No such experiment, parent run or trial in the tracking store."""
+
+
+def trial_row(cfg: dict) -> dict:
+    """The config columns every leaderboard shows."""
+    return {"variant": cfg["variant"], "score": cfg["score"], "image": f"{cfg['image_height']}x{cfg['image_width']}",
+            "normalisation": cfg["normalisation"], "lr": float(cfg["lr"]), "batch_size": int(cfg["batch_size"])}
+
+
+def find_parent_run(client, experiment: str, parent_run_id: str | None = None):
+    """The named sweep's parent run, or the experiment's latest one."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise SweepNotFound(f"--experiment: no MLflow experiment {experiment!r}; found: {', '.join(names) or 'none'}")
+    if parent_run_id:
+        run = client.get_run(parent_run_id)
+        if run.info.experiment_id != exp.experiment_id or run.data.tags.get("sweep") != "parent":
+            raise SweepNotFound(f"--parent: run {parent_run_id} is not a sweep of experiment {experiment!r}")
+        return run
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.sweep = 'parent'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise SweepNotFound(f"--experiment: {experiment!r} holds no sweep (no run tagged sweep=parent)")
+    return parents[0]
+
+
+def trial_runs(client, parent) -> list:
+    """The parent's trial runs (promotion runs, also nested under it, are left out)."""
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10_000)
+    return [r for r in runs if "trial_id" in r.data.tags]
+
+
+def _config_of(run) -> dict:
+    from anomaly_ae.config import validate_config
+
+    params = {}
+    for key, text in run.data.params.items():
+        try:
+            params[key] = json.loads(text)
+        except json.JSONDecodeError:
+            params[key] = {"True": True, "False": False, "None": None}.get(text, text)
+    params.pop("baseline", None)
+    return validate_config(params)
+
+
+def objective_interval(objective: float, n_spill: int | None) -> tuple[float, float]:
+    """Clopper-Pearson 95% interval of a TPR measured on ``n_spill`` validation spills."""
+    if not n_spill or not math.isfinite(objective):
+        return (math.nan, math.nan)
+    return clopper_pearson(int(round(objective * n_spill)), n_spill)
+
+
+def sweep_frame(client, parent) -> pd.DataFrame:
+    """One row per trial of the sweep under ``parent``, best objective first."""
+    n_spill = int(parent.data.tags.get("n_val_spill", 0)) or None
+    rows = []
+    for run in trial_runs(client, parent):
+        cfg = _config_of(run)
+        history = client.get_metric_history(run.info.run_id, "objective")
+        metrics = run.data.metrics
+        best = max((m.value for m in history), default=math.nan)
+        lo, hi = objective_interval(best, n_spill)
+        end = run.info.end_time or run.info.start_time
+        rows.append({
+            "trial_id": run.data.tags["trial_id"], "run_id": run.info.run_id,
+            "baseline": run.data.tags.get("baseline", ""),
+            **trial_row(cfg),
+            "best_objective": best, "objective_lo": lo, "objective_hi": hi,
+            "final_objective": metrics.get("objective", math.nan),
+            "val_auroc": metrics.get("val_auroc", math.nan),
+            "epochs": int(metrics.get("epoch", 0)),
+            "status": "DIVERGED" if metrics.get("diverged") else run.info.status,
+            "wall_s": (end - run.info.start_time) / 1000.0,
+            "start_time": run.info.start_time,
+            "search_params": json.loads(run.data.tags.get("search_params", "{}")),
+            **{f"param.{k}": v for k, v in cfg.items()},
+        })
+    if not rows:
+        raise SweepNotFound(f"sweep {parent.info.run_id} has no trial runs")
+    frame = pd.DataFrame(rows).sort_values("start_time").reset_index(drop=True)
+    frame.insert(0, "trial_number", range(len(frame)))
+    return frame.sort_values(["best_objective", "val_auroc"], ascending=False, na_position="last")
+
+
+def download_checkpoint(client, run_id: str, dst: Path) -> dict:
+    """The trial's best-epoch checkpoint payload (weights, config, preprocessing, val scores)."""
+    import torch
+
+    from trainables.autoencoder import CHECKPOINT_FILE
+
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if CHECKPOINT_FILE not in names:
+        raise SweepNotFound(f"run {run_id} has no {CHECKPOINT_FILE} artifact (it ended before its first evaluation)")
+    path = client.download_artifacts(run_id, CHECKPOINT_FILE, str(dst))
+    return torch.load(path, map_location="cpu", weights_only=False)

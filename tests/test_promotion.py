@@ -1,0 +1,116 @@
+"""analyze, promote and predict on a real tiny sweep with a real MLflow store."""
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+import run_search
+from analysis.promote import best_config, evaluate_once, promote, champion_rank
+from analysis.report import analyze
+from analysis.sweep_runs import download_checkpoint, find_parent_run, sweep_frame
+
+pytestmark = pytest.mark.integration
+
+
+def test_analyze_frame_report_and_parent_artifacts(tiny_sweep):
+    client = MlflowClient(tiny_sweep.uri)
+    report = analyze(client, tiny_sweep.experiment)
+    frame = report.frame
+    assert len(frame) == 3
+    assert set(frame["baseline"]) == {"seed000", "seed001", "seed002"}
+    assert frame["best_objective"].is_monotonic_decreasing
+    assert (frame["best_objective"] >= frame["final_objective"]).all()
+    assert (frame["objective_lo"] <= frame["best_objective"]).all() and (frame["best_objective"] <= frame["objective_hi"]).all()
+    assert set(frame["status"]) <= {"FINISHED", "KILLED"} and (frame["wall_s"] > 0).all()
+    assert {"param.variant", "param.lr", "epochs"} <= set(frame.columns)
+    assert "## Leaderboard" in report.markdown and "seed000" in report.markdown
+    logged = {a.path for a in client.list_artifacts(report.parent_run_id, "analysis")}
+    assert "analysis/report.md" in logged and "analysis/objective_over_trials.png" in logged
+    assert {f"analysis/{name}" for name in report.figures} <= logged
+
+
+def test_analyze_cli_names_a_missing_experiment(tiny_sweep, capsys):
+    assert run_search.main(["analyze", "--experiment", "nope", "--tracking-uri", tiny_sweep.uri]) == 2
+    assert "no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def _test_ranks(client, tiny_sweep):
+    """Each trial's test rank, computed the way promote does, to pick a better and a worse one."""
+    from analysis.promote import load_sweep_data
+
+    parent = find_parent_run(client, tiny_sweep.experiment)
+    frame = sweep_frame(client, parent)
+    _, splits = load_sweep_data(parent, None)
+    ranks = {}
+    for _, row in frame.iterrows():
+        payload = download_checkpoint(client, row["run_id"], tiny_sweep.tmp / row["run_id"])
+        ranks[row["trial_id"]] = champion_rank(evaluate_once(payload, splits), payload["config"]["tnr_target"])
+    return ranks
+
+
+def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep, tmp_path, capsys):
+    client = MlflowClient(tiny_sweep.uri)
+    ranks = _test_ranks(client, tiny_sweep)
+    better, worse = max(ranks, key=ranks.get), min(ranks, key=ranks.get)
+    assert ranks[better] > ranks[worse], ranks
+    common = ["--experiment", tiny_sweep.experiment, "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model"]
+
+    config_out = tmp_path / "best_config.yaml"
+    assert run_search.main(["promote", *common, "--trial", better, "--config-out", str(config_out)]) == 0
+    out = capsys.readouterr().out
+    # The promoted trial and every other seed baseline, side by side, on test.
+    assert "test_tpr" in out and "test_tnr" in out
+    assert sum(name in out for name in ("seed000", "seed001", "seed002")) == 3
+    champion = client.get_model_version_by_alias("itest-model", "champion")
+    assert champion.tags["trial_id"] == better
+    assert "Test (threshold" in champion.description
+
+    # best_config.yaml round-trips through `search --config`.
+    args = run_search.build_parser().parse_args(["search", "--config", str(config_out)])
+    checked = run_search.validate_search_args(args)
+    assert checked["config"] == {**checked["config"], **yaml.safe_load(config_out.read_text())}
+    assert "baseline" not in yaml.safe_load(config_out.read_text())
+
+    # A worse candidate does not replace the champion without --force.
+    assert run_search.main(["promote", *common, "--trial", worse, "--config-out", str(tmp_path / "w.yaml")]) == 3
+    assert "pass --force" in capsys.readouterr().err
+    assert client.get_model_version_by_alias("itest-model", "champion").version == champion.version
+    assert not (tmp_path / "w.yaml").exists()
+    assert run_search.main(["promote", *common, "--trial", worse, "--force", "--config-out",
+                            str(tmp_path / "w.yaml")]) == 0
+    capsys.readouterr()
+    assert client.get_model_version_by_alias("itest-model", "champion").tags["trial_id"] == worse
+
+    # predict with the champion: one row per crop, labels = score above the registered threshold.
+    csv = tmp_path / "scores.csv"
+    images = tiny_sweep.data / "test" / "imgs"
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+                            "--images", str(images), "--out", str(csv)]) == 0
+    scores = pd.read_csv(csv)
+    assert list(scores.columns) == ["name", "score", "label"]
+    assert len(scores) == len(list(images.iterdir()))
+    threshold = float(client.get_model_version_by_alias("itest-model", "champion").tags["threshold"])
+    assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
+    capsys.readouterr()
+    missing = tmp_path / "no-crops"
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+                            "--images", str(missing), "--out", str(csv)]) == 2
+    assert f"missing folder: {missing}" in capsys.readouterr().err
+
+
+def test_promote_retrain_reports_spread(tiny_sweep, tmp_path):
+    client = MlflowClient(tiny_sweep.uri)
+    result = promote(client, tiny_sweep.uri, tiny_sweep.experiment, retrain_seeds=[0, 1], force=True,
+                     model_name="itest-retrain", config_out=tmp_path / "best.yaml", log=lambda *_: None)
+    spread = result.promoted.retrain_spread
+    assert spread["seeds"] == [0, 1] and spread["chosen_seed"] in (0, 1)
+    assert 0 <= spread["test_tpr_std"] <= 0.5
+    assert result.promoted.cfg["steps_per_epoch"] == result.promoted.cfg["samples_per_epoch"] == 0
+    assert best_config(result.promoted.cfg)["seed"] == spread["chosen_seed"]
+
+
+def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):
+    code = run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "no-such-model",
+                            "--images", str(tmp_path), "--out", str(tmp_path / "s.csv")])
+    assert code == 2
+    assert "no-such-model" in capsys.readouterr().err
