@@ -22,6 +22,9 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Snapshot the experiment state often: after a kill -9, trials started since the last
+# snapshot are lost to --resume and suggested again.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO / "data" / "default"
@@ -59,7 +62,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches per epoch, 0 = a full pass (space default: 0)")
     p.add_argument("--samples-per-epoch", type=int, default=None,
-                   help="crops per epoch whatever the batch size, 0 = unused (space default: quick 2048, else 0)")
+                   help="crops per epoch whatever the batch size, 0 = unused (space default: quick 1024, else 0)")
     p.add_argument("--time-budget-s", type=non_negative_float, default=None, help="stop starting trials after this")
     p.add_argument("--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,
@@ -71,6 +74,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default=None, help="experiment name for Ray and MLflow (default proliv-<space>)")
     p.add_argument("--seed", type=int, default=0, help="sampler and trial seed (default 0)")
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the seed baselines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted sweep --experiment from --storage-path (Tuner.restore)")
     p.add_argument("--tnr-target", type=float, default=0.95, help="TNR the objective is constrained to (default 0.95)")
     p.add_argument("--grace-period", type=positive_int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--scale", type=float, default=1.0, help="scale of the generated default dataset (default 1)")
@@ -224,8 +229,8 @@ def prepare_tracking(tracking_uri: str, experiment: str, tags: dict):
     return client, Tracking(tracking_uri, experiment_id, parent.info.run_id)
 
 
-def close_leftover_runs(client, tracking) -> int:
-    """Trials torn down by the scheduler may leave their run RUNNING; mark those KILLED."""
+def close_leftover_runs(client, tracking, reason: str = "scheduler") -> int:
+    """Trials torn down by the scheduler (or an interruption) may leave their run RUNNING; mark those KILLED."""
     from mlflow.entities import ViewType
 
     runs = client.search_runs([tracking.experiment_id],
@@ -234,16 +239,38 @@ def close_leftover_runs(client, tracking) -> int:
     closed = 0
     for run in runs:
         if run.info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(run.info.run_id, "stopped_by", "scheduler")
+            client.set_tag(run.info.run_id, "stopped_by", reason)
             client.set_terminated(run.info.run_id, "KILLED")
             closed += 1
     return closed
 
 
-def cmd_search(args) -> int:
-    checked = validate_search_args(args)
-    from anomaly_ae.data import load_proliv, make_dataset, make_splits
+def find_perceptual() -> bool:
     from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights
+
+    try:
+        find_perceptual_weights("alexnet")
+        return True
+    except PerceptualWeightsMissing:
+        print("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
+              "baseline are left out (seed004_denoise runs instead); see README, 'Seed baselines'.", flush=True)
+        return False
+
+
+def resume_command(args, experiment: str) -> str:
+    parts = ["python run_search.py search --resume", f"--experiment {shlex.quote(experiment)}"]
+    if args.storage_path != str(DEFAULT_STORAGE):
+        parts.append(f"--storage-path {shlex.quote(str(args.storage_path))}")
+    if args.tracking_uri != DEFAULT_TRACKING:
+        parts.append(f"--tracking-uri {shlex.quote(args.tracking_uri)}")
+    if args.address:
+        parts.append(f"--address {shlex.quote(args.address)}")
+    return " ".join(parts)
+
+
+def new_sweep(args, experiment: str, checked: dict):
+    """Load the data, enqueue the baselines, create the parent run."""
+    from anomaly_ae.data import load_proliv, make_dataset, make_splits
 
     data_dir = args.data
     if data_dir is None:
@@ -256,14 +283,7 @@ def cmd_search(args) -> int:
     splits = make_splits(data, args.val_fraction, args.val_spill_fraction, seed=0)
     print(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
           f"{len(splits.val_spill)} val spills; decoded/cached in {time.perf_counter() - tick:.1f}s)", flush=True)
-    try:
-        find_perceptual_weights("alexnet")
-        perceptual = True
-    except PerceptualWeightsMissing:
-        perceptual = False
-        print("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
-              "baseline are left out (seed004_denoise runs instead); see README, 'Seed baselines'.", flush=True)
-    experiment = args.experiment or f"proliv-{args.space}"
+    perceptual = find_perceptual()
     points = []
     if checked["config"] is not None:
         from search_spaces import baseline_point
@@ -271,23 +291,70 @@ def cmd_search(args) -> int:
     if not args.no_baselines and args.space != "seeds":
         from search_spaces import baseline_points
         points += baseline_points(perceptual)
-    command = " ".join(shlex.quote(a) for a in sys.argv)
     client, tracking = prepare_tracking(args.tracking_uri, experiment, {
         "space": args.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
-        "git_commit": git_commit(), "command": command, "num_samples": str(args.num_samples),
-        "perceptual": str(int(perceptual)), "tnr_target": str(args.tnr_target),
+        "git_commit": git_commit(), "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "num_samples": str(args.num_samples), "perceptual": str(int(perceptual)), "tnr_target": str(args.tnr_target),
         "n_val_normal": str(len(splits.val_normal)), "n_val_spill": str(len(splits.val_spill)),
         "val_normal_fraction": str(args.val_fraction), "val_spill_fraction": str(args.val_spill_fraction),
-        "split_seed": "0",
+        "split_seed": "0", "ray_experiment_path": experiment_path_of(args, experiment),
     })
     from trainables.sweep import run_sweep
 
+    return client, tracking, lambda: run_sweep(args, splits, tracking, points, perceptual)
+
+
+def experiment_path_of(args, experiment: str) -> str:
+    return f"{str(args.storage_path).rstrip('/')}/{experiment}"
+
+
+def resumed_sweep(args, experiment: str):
+    """Reopen the interrupted sweep's parent run; its dataset must be unchanged."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.sweep_runs import find_parent_run, load_sweep_data
+    from trainables.autoencoder import Tracking
+    from trainables.sweep import resume_sweep
+
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_path_of(args, experiment)):
+        raise UsageError(f"--resume: no Ray experiment state at {experiment_path_of(args, experiment)} "
+                         f"(check --storage-path and --experiment)")
+    client = MlflowClient(args.tracking_uri)
+    parent = find_parent_run(client, experiment)
+    args.space = parent.data.tags.get("space", args.space)
+    args.num_samples = int(parent.data.tags.get("num_samples", args.num_samples))
+    _, splits = load_sweep_data(parent, args.data)
+    tracking = Tracking(args.tracking_uri, parent.info.experiment_id, parent.info.run_id)
+    # Trials cut off by the interruption left their runs open; a resumed trial gets a new run.
+    closed = close_leftover_runs(client, tracking, reason="interrupted")
+    client.update_run(parent.info.run_id, status="RUNNING")
+    resumes = int(parent.data.tags.get("resumed", "0")) + 1
+    client.set_tag(parent.info.run_id, "resumed", str(resumes))
+    print(f"resuming sweep {experiment!r} (parent run {parent.info.run_id}); {closed} interrupted run(s) "
+          f"marked KILLED", flush=True)
+    return client, tracking, lambda: resume_sweep(args, splits, tracking, experiment_path_of(args, experiment))
+
+
+def cmd_search(args) -> int:
+    checked = validate_search_args(args)
+    experiment = args.experiment or f"proliv-{args.space}"
+    client, tracking, fit = resumed_sweep(args, experiment) if args.resume else new_sweep(args, experiment, checked)
+    from trainables.sweep import was_interrupted
+
     try:
-        results = run_sweep(args, splits, tracking, points, perceptual)
-    except BaseException:
-        close_leftover_runs(client, tracking)
-        client.set_terminated(tracking.parent_run_id, "KILLED")
+        results = fit()
+    except BaseException as exc:
+        close_leftover_runs(client, tracking, reason="interrupted")
+        client.set_terminated(tracking.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
+    if was_interrupted(results, args.num_samples, args.time_budget_s):
+        closed = close_leftover_runs(client, tracking, reason="interrupted")
+        client.set_terminated(tracking.parent_run_id, "KILLED")
+        print(f"\ninterrupted: {len(results)} trial(s) recorded, {closed} run(s) marked KILLED. Resume with:\n"
+              f"  {resume_command(args, experiment)}", flush=True)
+        return 130
     closed = close_leftover_runs(client, tracking)
     client.set_terminated(tracking.parent_run_id, "FINISHED")
 
@@ -298,7 +365,12 @@ def cmd_search(args) -> int:
     if closed:
         print(f"\n({closed} run(s) stopped early by ASHA were marked KILLED in MLflow)")
     print(f"\nMLflow experiment {experiment!r}, parent run {tracking.parent_run_id}")
-    print(f"open the UI:  mlflow ui --backend-store-uri {args.tracking_uri}")
+    runs_page = f"#/experiments/{tracking.experiment_id}/runs"  # MLflow 3 otherwise opens a GenAI overview
+    if args.tracking_uri.startswith(("http://", "https://")):
+        print(f"the sweep's runs:  {args.tracking_uri.rstrip('/')}/{runs_page}")
+    else:
+        print(f"open the UI:  mlflow ui --backend-store-uri {args.tracking_uri}")
+        print(f"  then the sweep's runs:  http://127.0.0.1:5000/{runs_page}")
     return 0
 
 
@@ -375,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         return cmd_search(args)
-    except (UsageError, FileExistsError) as exc:
+    except (UsageError, FileExistsError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001

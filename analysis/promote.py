@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import yaml
 
-from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, sweep_frame
+from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.evaluation import test_report
 from anomaly_ae.training import build_trial, checkpoint_payload, evaluate, load_trained, train_one_epoch
 
@@ -209,21 +209,6 @@ def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: s
     client.update_model_version(model_name, version.version, description=markdown)
     client.set_registered_model_alias(model_name, CHAMPION, version.version)
     return version
-
-
-def load_sweep_data(parent, data_dir: Path | None):
-    """The sweep's dataset and splits; the content hash must match the sweep's."""
-    from anomaly_ae.data import load_proliv, make_splits
-
-    tags = parent.data.tags
-    root = Path(data_dir or tags.get("dataset_path", ""))
-    data = load_proliv(root)
-    if tags.get("dataset_hash") and data.content_hash != tags["dataset_hash"]:
-        raise SweepNotFound(f"--data: {root} has content hash {data.content_hash[:12]}, but the sweep ran on "
-                            f"{tags['dataset_hash'][:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
-    splits = make_splits(data, float(tags.get("val_normal_fraction", 0.1)), float(tags.get("val_spill_fraction", 1.0)),
-                         int(tags.get("split_seed", 0)))
-    return data, splits
 
 
 @dataclass

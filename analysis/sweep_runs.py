@@ -99,9 +99,27 @@ def sweep_frame(client, parent) -> pd.DataFrame:
         })
     if not rows:
         raise SweepNotFound(f"sweep {parent.info.run_id} has no trial runs")
-    frame = pd.DataFrame(rows).sort_values("start_time").reset_index(drop=True)
+    frame = pd.DataFrame(rows).sort_values("start_time")
+    # A trial restarted by a resumed sweep has a second run: keep the newest, with the best of both.
+    best = frame.groupby("trial_id")["best_objective"].transform("max")
+    frame = frame.assign(best_objective=best).drop_duplicates("trial_id", keep="last").reset_index(drop=True)
     frame.insert(0, "trial_number", range(len(frame)))
     return frame.sort_values(["best_objective", "val_auroc"], ascending=False, na_position="last")
+
+
+def load_sweep_data(parent, data_dir: Path | None):
+    """The sweep's dataset and splits; the content hash must match the sweep's."""
+    from anomaly_ae.data import load_proliv, make_splits
+
+    tags = parent.data.tags
+    root = Path(data_dir or tags.get("dataset_path", ""))
+    data = load_proliv(root)
+    if tags.get("dataset_hash") and data.content_hash != tags["dataset_hash"]:
+        raise SweepNotFound(f"--data: {root} has content hash {data.content_hash[:12]}, but the sweep ran on "
+                            f"{tags['dataset_hash'][:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
+    splits = make_splits(data, float(tags.get("val_normal_fraction", 0.1)), float(tags.get("val_spill_fraction", 1.0)),
+                         int(tags.get("split_seed", 0)))
+    return data, splits
 
 
 def download_checkpoint(client, run_id: str, dst: Path) -> dict:

@@ -7,7 +7,7 @@ from mlflow.tracking import MlflowClient
 import run_search
 from analysis.promote import best_config, evaluate_once, promote, champion_rank
 from analysis.report import analyze
-from analysis.sweep_runs import download_checkpoint, find_parent_run, sweep_frame
+from analysis.sweep_runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,6 @@ def test_analyze_cli_names_a_missing_experiment(tiny_sweep, capsys):
 
 def _test_ranks(client, tiny_sweep):
     """Each trial's test rank, computed the way promote does, to pick a better and a worse one."""
-    from analysis.promote import load_sweep_data
-
     parent = find_parent_run(client, tiny_sweep.experiment)
     frame = sweep_frame(client, parent)
     _, splits = load_sweep_data(parent, None)

@@ -90,8 +90,13 @@ class TrialRun:
             return
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in report.items() if math.isfinite(float(v))]
+        metrics = [Metric(k, float(v), now, step) for k, v in report.items()
+                   if isinstance(v, (int, float)) and math.isfinite(float(v))]
         self.client.log_batch(self.run_id, metrics=metrics)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, key, value)
 
     def log_artifacts(self, folder: str) -> None:
         if self.client is not None:
@@ -128,6 +133,13 @@ def _trial_identity() -> tuple[str, str]:
         return ctx.get_trial_name() or "local", ctx.get_trial_id() or "local"
     except Exception:  # noqa: BLE001 - called outside a Tune session (unit tests)
         return "local", "local"
+
+
+def current_node_id() -> str:
+    """The Ray node this trial runs on ("local" outside Ray): cluster sweeps show their spread."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Tracking | None = None) -> None:
@@ -172,6 +184,8 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
         state.optimizer.load_state_dict(payload["optimizer_state"])
         state.epoch = start_epoch = payload["epoch"]
     best = -math.inf
+    node_id = current_node_id()
+    run.set_tag("node_id", node_id)
     for epoch in range(start_epoch + 1, cfg["epochs"] + 1):
         tick = time.perf_counter()
         try:
@@ -185,6 +199,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
             continue
         metrics, val_scores = evaluate(state, cfg, tensors["val_normal"], tensors["val_spill"])
         report = epoch_report(epoch, train_loss, metrics, cfg, time.perf_counter() - tick)
+        report["node_id"] = node_id
         run.log_metrics(report, epoch)
         payload = checkpoint_payload(state, cfg, val_scores, report)
         with tempfile.TemporaryDirectory() as tmp:

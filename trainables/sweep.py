@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import ray
 from optuna.samplers import TPESampler
@@ -39,26 +40,51 @@ class TrialLines(tune.Callback):
         self._line(trial, "ERROR")
 
 
+def init_ray(args) -> None:
+    if ray.is_initialized():
+        return
+    if args.address:
+        import analysis
+        import anomaly_ae
+        import search_spaces
+        import trainables
+
+        # Ship this project's packages to every node: cluster nodes need the dependencies
+        # (torch, ray, mlflow ...) installed, not a checkout of this repository.
+        try:
+            ray.init(address=args.address, log_to_driver=False,
+                     runtime_env={"py_modules": [anomaly_ae, search_spaces, trainables, analysis]})
+        except ConnectionError as err:
+            # Ray 2.59+ clusters use token auth, and an explicit address never turns it on by itself.
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                " If the cluster uses token authentication (the default since Ray 2.59), set RAY_AUTH_MODE=token"
+                " and make the cluster's token available (RAY_AUTH_TOKEN or ~/.ray/auth_token).")
+            raise ConnectionError(f"--address {args.address}: {err}.{hint}") from err
+    else:
+        # address="local": without --address the sweep starts its own Ray, even where a `ray start`
+        # cluster runs (or ran) on this machine; ray.init() would otherwise join that one.
+        ray.init(address="local", num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)),
+                 include_dashboard=False, log_to_driver=False)
+
+
+def make_trainable(args, splits, tracking):
+    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
+    return tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+
+
 def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
     """Run the sweep; returns Ray's ResultGrid."""
-    if not ray.is_initialized():
-        if args.address:
-            ray.init(address=args.address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)), include_dashboard=False,
-                     log_to_driver=False)
+    init_ray(args)
     space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch)
     epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.
     searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=TPESampler(seed=args.seed),
                             points_to_evaluate=points or None)
-    scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs, grace_period=min(args.grace_period, epochs),
-                              reduction_factor=2)
-    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
-    trainable = tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                              grace_period=min(args.grace_period, epochs), reduction_factor=2)
     tuner = tune.Tuner(
-        trainable,
+        make_trainable(args, splits, tracking),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, args.max_concurrent),
             scheduler=scheduler, num_samples=args.num_samples, time_budget_s=args.time_budget_s,
@@ -71,3 +97,19 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
         ),
     )
     return tuner.fit()
+
+
+def resume_sweep(args, splits, tracking, path: str):
+    """Continue an interrupted sweep from Ray's experiment state: finished trials are kept,
+    unfinished ones restart from their last checkpoint, the Optuna searcher goes on."""
+    init_ray(args)
+    tuner = tune.Tuner.restore(path, trainable=make_trainable(args, splits, tracking), resume_unfinished=True)
+    return tuner.fit()
+
+
+def was_interrupted(results, num_samples: int, time_budget_s: float | None) -> bool:
+    """True when fit() returned early on Ctrl-C: a trial is unfinished, or trials are missing."""
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    if any(t.status not in ("TERMINATED", "ERROR") for t in trials):
+        return True
+    return time_budget_s is None and len(results) < num_samples

@@ -1,0 +1,82 @@
+"""A sweep killed with kill -9, resumed, interrupted with SIGINT, resumed to the end."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    # Own session, so that kill -9 reaches the driver and the local Ray it started.
+    return subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *args], cwd=REPO, start_new_session=True,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {text!r}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"no {text!r} within {timeout}s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def trial_runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "trial_id" in r.data.tags], [r for r in runs if r.data.tags.get("sweep") == "parent"]
+
+
+def test_kill_9_then_resume_keeps_finished_trials_and_closes_runs(tiny_data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--experiment", "resume-test", "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray")]
+    sweep = ["search", "--data", str(tiny_data_dir), "--num-samples", "4", "--epochs", "3",
+             "--samples-per-epoch", "512", "--max-concurrent", "1", "--val-fraction", "0.2", *common]
+    client = MlflowClient(uri)
+
+    first = start(sweep, tmp_path / "first.log")
+    wait_for(tmp_path / "first.log", "[1/4]", first)
+    time.sleep(6)  # past the next experiment-state snapshot (TUNE_GLOBAL_CHECKPOINT_S=5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    runs, parents = trial_runs(client, "resume-test")
+    finished_before = {r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED"}
+    assert finished_before, "no trial finished before the kill"
+    assert [p.info.status for p in parents] == ["RUNNING"]  # what a dead driver leaves behind
+
+    # Resume, then stop it with Ctrl-C (SIGINT): it stops gracefully and prints the resume command.
+    second = start(["search", "--resume", *common], tmp_path / "second.log")
+    wait_for(tmp_path / "second.log", "resuming sweep", second)
+    wait_for(tmp_path / "second.log", "] ", second)
+    os.killpg(second.pid, signal.SIGINT)
+    assert second.wait(120) in (0, 130)
+    out = (tmp_path / "second.log").read_text()
+    if second.returncode == 130:
+        assert "Resume with:" in out and "--resume --experiment resume-test" in out
+        assert client.get_run(parents[0].info.run_id).info.status == "KILLED"
+
+    third = start(["search", "--resume", *common], tmp_path / "third.log")
+    assert third.wait(300) == 0, (tmp_path / "third.log").read_text()[-3000:]
+    assert "Leaderboard" in (tmp_path / "third.log").read_text()
+
+    runs, parents = trial_runs(client, "resume-test")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["resumed"] in ("1", "2")
+    assert all(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in runs)
+    by_trial = {}
+    for r in runs:
+        by_trial.setdefault(r.data.tags["trial_id"], []).append(r)
+    assert len(by_trial) == 4  # the sweep completed num_samples trials
+    for trial_id in finished_before:  # kept, not rerun: still exactly one run
+        assert [r.info.status for r in by_trial[trial_id]] == ["FINISHED"]
+    for trial_id, trial in by_trial.items():
+        assert any(r.info.status in ("FINISHED", "KILLED") for r in trial)
