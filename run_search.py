@@ -22,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per checkpoint download otherwise
 # Snapshot the experiment state often: after a kill -9, trials started since the last
 # snapshot are lost to --resume and suggested again.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
@@ -163,6 +164,13 @@ def validate_search_args(args) -> dict:
         raise UsageError(f"--val-spill-fraction: must be in (0, 1], got {args.val_spill_fraction}")
     if args.gpus_per_trial > 0 and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial: fractions must be < 1, got {args.gpus_per_trial}")
+    if args.gpus_per_trial > 0 and not args.address:
+        import torch
+
+        # A local Ray sees only this machine's GPUs; without one, GPU trials would wait forever.
+        if torch.cuda.device_count() == 0:
+            raise UsageError(f"--gpus-per-trial {args.gpus_per_trial}: this machine has no CUDA GPU; "
+                             "use 0, or --address to run on a cluster that has GPUs")
     config = None
     if args.config is not None:
         if not args.config.is_file():

@@ -9,6 +9,7 @@ objective; ASHA-stopped trials count with their shorter budget (see README).
 from __future__ import annotations
 
 import logging
+import warnings
 
 import optuna
 import pandas as pd
@@ -19,9 +20,6 @@ from search_spaces import get_space
 def replay_study(space_name: str, perceptual: bool, trials: list[tuple[dict, float]]) -> optuna.Study:
     """An in-memory study holding ``(search_params, value)`` trials with the space's distributions."""
     space = get_space(space_name, perceptual)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-    for params, _ in trials:
-        study.enqueue_trial(params, skip_if_exists=False)
     values = [float(v) for _, v in trials]
 
     def replay(trial: optuna.Trial) -> float:
@@ -30,8 +28,11 @@ def replay_study(space_name: str, perceptual: bool, trials: list[tuple[dict, flo
 
     optuna_logger = logging.getLogger("optuna")
     level = optuna_logger.level
-    optuna_logger.setLevel(logging.WARNING)
+    optuna_logger.setLevel(logging.WARNING)  # no "trial N finished" line per replayed trial
     try:
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for params, _ in trials:
+            study.enqueue_trial(params, skip_if_exists=False)
         study.optimize(replay, n_trials=len(trials))
     finally:
         optuna_logger.setLevel(level)
@@ -51,4 +52,8 @@ def param_importances(frame: pd.DataFrame, space_name: str, perceptual: bool, ev
                   "fanova": optuna.importance.FanovaImportanceEvaluator}
     if evaluator not in evaluators:
         raise ValueError(f"unknown importance evaluator {evaluator!r}; valid: {sorted(evaluators)}")
-    return dict(optuna.importance.get_param_importances(study, evaluator=evaluators[evaluator]()))
+    with warnings.catch_warnings():
+        # In a conditional space most parameters exist in a few trials only; PED-ANOVA warns once
+        # per such parameter. The report states the number of trials instead.
+        warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
+        return dict(optuna.importance.get_param_importances(study, evaluator=evaluators[evaluator]()))

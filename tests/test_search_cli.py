@@ -1,6 +1,7 @@
 """run_search.py: bad input refused before Ray starts; a real sweep end to end."""
 import pytest
 import ray
+import torch
 
 import run_search
 
@@ -11,10 +12,18 @@ import run_search
     (["search", "--address", "nowhere"], "--address"),
     (["search", "--config", "missing.yaml"], "--config"),
     (["search", "--steps-per-epoch", "-3"], "--steps-per-epoch"),
+    (["search", "--gpus-per-trial", "1.5"], "--gpus-per-trial"),
 ])
 def test_bad_cli_input_refused_before_ray(argv, field, capsys):
     assert run_search.main(argv) == 2
     assert field in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_trials_without_a_gpu_refused_before_ray(capsys):
+    assert run_search.main(["search", "--gpus-per-trial", "0.25"]) == 2
+    assert "--gpus-per-trial 0.25: this machine has no CUDA GPU" in capsys.readouterr().err
     assert not ray.is_initialized()
 
 

@@ -20,10 +20,11 @@ class TrialLines(tune.Callback):
     """One readable line per finished trial instead of Ray's progress tables."""
 
     def __init__(self, total: int, max_epochs: int):
-        self.total, self.done, self.max_epochs = total, 0, max_epochs
+        self.total, self.max_epochs = total, max_epochs
 
-    def _line(self, trial, how: str) -> None:
-        self.done += 1
+    def _line(self, trials, trial, how: str) -> None:
+        # Counted from the trial list, so that a resumed sweep goes on from the trials it restored.
+        self.done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
         r = trial.last_result or {}
         cfg = trial.config
         score = next((v for k, v in cfg.items() if k.startswith("score")), "?")
@@ -34,10 +35,10 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
         how = "diverged" if r.get("diverged") else "done" if r.get("epoch", 0) >= self.max_epochs else "stopped"
-        self._line(trial, how)
+        self._line(trials, trial, how)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "ERROR")
+        self._line(trials, trial, "ERROR")
 
 
 def init_ray(args) -> None:
