@@ -118,6 +118,7 @@ SCORE_PARAM_RANGES = {
     "hybrid.beta": _float(0.0, 100.0),
     "topk.fraction": _float(0.0, 1.0, lo_open=True),
     "smooth_max.sigma": _float(0.1, 10.0),
+    "centred_max.sigma": _float(0.1, 10.0),
 }
 
 

@@ -12,14 +12,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-SCORE_TYPES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "elbo", "perceptual")
+SCORE_TYPES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual")
 # Scores that need nothing beyond x and its reconstruction.
-RESIDUAL_SCORES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max")
+RESIDUAL_SCORES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max")
 
 DEFAULT_SCORE_PARAMS = {
     "hybrid": {"alpha": 1.0, "beta": 1.0},
     "topk": {"fraction": 0.05},
     "smooth_max": {"sigma": 1.0},
+    "centred_max": {"sigma": 1.0},
 }
 
 
@@ -87,6 +88,17 @@ def smooth_max_score(x, recon, sigma: float = 1.0, **_):
     return gaussian_blur(pixel_error_map(x, recon), sigma).flatten(1).amax(1)
 
 
+def centred_max_score(x, recon, sigma: float = 1.0, **_):
+    """smooth_max after removing each crop's per-channel median residual.
+
+    A global lighting or colour shift moves the whole residual map; a spill moves only part of it,
+    so the median keeps the first out of the score and leaves the second in.
+    """
+    r = x - recon
+    r = r - r.flatten(2).median(2).values[..., None, None]
+    return gaussian_blur(r.pow(2).mean(1, keepdim=True), sigma).flatten(1).amax(1)
+
+
 def elbo_score(x, recon, mu=None, logvar=None, **_):
     """Negative ELBO per sample: summed squared error plus KL to the unit Gaussian."""
     if mu is None or logvar is None:
@@ -107,6 +119,7 @@ SCORE_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "hybrid": hybrid_score,
     "topk": topk_score,
     "smooth_max": smooth_max_score,
+    "centred_max": centred_max_score,
     "elbo": elbo_score,
 }
 

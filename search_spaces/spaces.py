@@ -89,14 +89,17 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     return constants
 
 
+RESIDUAL_SCORE_CHOICES = ["mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max"]
+
+
 def score_choices(variant: str, perceptual: bool) -> list[str]:
-    return (["mse", "l1", "ssim", "hybrid", "topk", "smooth_max"] + (["elbo"] if variant in VARIATIONAL else [])
+    return (RESIDUAL_SCORE_CHOICES + (["elbo"] if variant in VARIATIONAL else [])
             + (["perceptual"] if perceptual else []))
 
 
 def score_key(variant: str, perceptual: bool) -> str:
     # One name per choice set: Optuna refuses a name whose choices change between trials.
-    extra = score_choices(variant, perceptual)[6:]
+    extra = score_choices(variant, perceptual)[len(RESIDUAL_SCORE_CHOICES):]
     return f"score[{'+'.join(extra)}]" if extra else "score"
 
 
@@ -112,8 +115,8 @@ def score(trial, variant: str, perceptual: bool = False) -> str:
         trial.suggest_float("hybrid.beta", 0.1, 10.0, log=True)
     elif chosen == "topk":
         trial.suggest_float("topk.fraction", 0.005, 0.2, log=True)
-    elif chosen == "smooth_max":
-        trial.suggest_float("smooth_max.sigma", 0.5, 3.0)
+    elif chosen in ("smooth_max", "centred_max"):
+        trial.suggest_float(f"{chosen}.sigma", 0.5, 3.0)
     return chosen
 
 

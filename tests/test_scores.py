@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from anomaly_ae.losses import PerceptualDistance, PerceptualWeightsMissing, reconstruction_loss
-from anomaly_ae.scores import compute_scores, smooth_max_score, ssim, topk_score
+from anomaly_ae.scores import centred_max_score, compute_scores, smooth_max_score, ssim, topk_score
 
 
 def test_ssim_identity_and_drop():
@@ -30,6 +30,19 @@ def test_local_scores_rank_a_small_spot_above_spread_noise():
     assert scores["smooth_max"][1] > scores["smooth_max"][0]
     assert scores["topk"][1] > scores["topk"][0]
     assert smooth_max_score(x, recon, sigma=2.0).shape == (2,)
+
+
+def test_centred_max_ignores_a_global_colour_shift_but_not_a_spot():
+    g = torch.Generator().manual_seed(0)
+    recon = 0.5 + 0.02 * torch.randn(1, 3, 32, 48, generator=g)
+    x = recon + 0.01 * torch.randn(1, 3, 32, 48, generator=g)
+    tint = torch.tensor([0.06, 0.0, -0.05]).view(1, 3, 1, 1)  # a lighting / colour-temperature shift
+    spot = x.clone()
+    spot[..., 14:18, 22:26] += 0.2
+    plain, tinted, spotted = (centred_max_score(v, recon).item() for v in (x, x + tint, spot))
+    assert tinted == pytest.approx(plain, rel=1e-4)  # the shift is removed ...
+    assert smooth_max_score(x + tint, recon).item() > 10 * smooth_max_score(x, recon).item()  # ... not here
+    assert spotted > 10 * plain
 
 
 def test_elbo_needs_a_vae():
