@@ -63,7 +63,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="batches per epoch, 0 = a full pass (space default: 0)")
     p.add_argument("--samples-per-epoch", type=int, default=None,
-                   help="crops per epoch whatever the batch size, 0 = unused (space default: quick 1024, else 0)")
+                   help="crops per epoch whatever the batch size, 0 = unused (space default: quick 768, else 0)")
     p.add_argument("--time-budget-s", type=non_negative_float, default=None, help="stop starting trials after this")
     p.add_argument("--cpus-per-trial", type=non_negative_float, default=1.0, help="CPUs per trial (default 1)")
     p.add_argument("--gpus-per-trial", type=non_negative_float, default=0.0,

@@ -149,8 +149,8 @@ def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoc
 
 
 def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoch: int = 0,
-                samples_per_epoch: int = 1024) -> dict:
-    """CPU-sized: the same dimensions on a short budget of 1,024 crops per epoch."""
+                samples_per_epoch: int = 768) -> dict:
+    """CPU-sized: the same dimensions on a short budget of 768 crops per epoch."""
     return full_space(trial, perceptual, epochs, steps_per_epoch, samples_per_epoch)
 
 

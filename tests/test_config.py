@@ -113,6 +113,6 @@ def test_quick_space_budget_is_in_samples():
     trial = study.ask()
     constants = get_space("quick")(trial)
     cfg = validate_config({**config_from_params(trial.params), **constants})
-    assert cfg["samples_per_epoch"] == 1024 and cfg["steps_per_epoch"] == 0
+    assert cfg["samples_per_epoch"] == 768 and cfg["steps_per_epoch"] == 0
     steps_given = get_space("quick", steps_per_epoch=3)(study.ask())
     assert steps_given["steps_per_epoch"] == 3 and steps_given["samples_per_epoch"] == 0

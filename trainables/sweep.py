@@ -80,7 +80,11 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
     epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.
-    searcher = OptunaSearch(space=space, metric="objective", mode="max", sampler=TPESampler(seed=args.seed),
+    # The enqueued seed baselines are TPE's warm start: the searched trials after them are guided by
+    # their results instead of being drawn at random until Optuna's default 10 startup trials are done.
+    startup = max(5, len(points)) if points else 10
+    searcher = OptunaSearch(space=space, metric="objective", mode="max",
+                            sampler=TPESampler(seed=args.seed, n_startup_trials=startup),
                             points_to_evaluate=points or None)
     scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
                               grace_period=min(args.grace_period, epochs), reduction_factor=2)
