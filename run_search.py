@@ -188,7 +188,7 @@ def validate_search_args(args) -> dict:
 
 # ----------------------------------------------------------------- commands
 
-def cmd_list_models() -> None:
+def cmd_list_models(args) -> int:
     from anomaly_ae.models import list_models, model_spec
 
     for name in list_models():
@@ -196,14 +196,16 @@ def cmd_list_models() -> None:
         kind = "VAE" if spec.variational else "AE"
         params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
         print(f"{name:<22} seed {spec.seed:<7} {kind:<4} {params}")
+    return 0
 
 
-def cmd_make_data(args) -> None:
+def cmd_make_data(args) -> int:
     from anomaly_ae.data import make_dataset
 
     tick = time.perf_counter()
     counts = make_dataset(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {args.out}: {counts} in {time.perf_counter() - tick:.1f}s")
+    return 0
 
 
 def git_commit() -> str:
@@ -250,6 +252,13 @@ def close_leftover_runs(client, tracking, reason: str = "scheduler") -> int:
             client.set_tag(run.info.run_id, "stopped_by", reason)
             client.set_terminated(run.info.run_id, "KILLED")
             closed += 1
+    return closed
+
+
+def end_sweep(client, tracking, status: str, reason: str = "scheduler") -> int:
+    """Close the runs trials left open, then the parent run; returns how many trial runs were closed."""
+    closed = close_leftover_runs(client, tracking, reason)
+    client.set_terminated(tracking.parent_run_id, status)
     return closed
 
 
@@ -322,9 +331,9 @@ def resumed_sweep(args, experiment: str):
 
     from analysis.sweep_runs import find_parent_run, load_sweep_data
     from trainables.autoencoder import Tracking
-    from trainables.sweep import resume_sweep
-
     from ray import tune
+
+    from trainables.sweep import resume_sweep
 
     if not tune.Tuner.can_restore(experiment_path_of(args, experiment)):
         raise UsageError(f"--resume: no Ray experiment state at {experiment_path_of(args, experiment)} "
@@ -354,17 +363,14 @@ def cmd_search(args) -> int:
     try:
         results = fit()
     except BaseException as exc:
-        close_leftover_runs(client, tracking, reason="interrupted")
-        client.set_terminated(tracking.parent_run_id, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        end_sweep(client, tracking, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", "interrupted")
         raise
     if was_interrupted(results, args.num_samples, args.time_budget_s):
-        closed = close_leftover_runs(client, tracking, reason="interrupted")
-        client.set_terminated(tracking.parent_run_id, "KILLED")
+        closed = end_sweep(client, tracking, "KILLED", "interrupted")
         print(f"\ninterrupted: {len(results)} trial(s) recorded, {closed} run(s) marked KILLED. Resume with:\n"
               f"  {resume_command(args, experiment)}", flush=True)
         return 130
-    closed = close_leftover_runs(client, tracking)
-    client.set_terminated(tracking.parent_run_id, "FINISHED")
+    closed = end_sweep(client, tracking, "FINISHED")
 
     from analysis.leaderboard import format_leaderboard, results_frame
     frame = results_frame(results)
@@ -446,15 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["search", *argv]
     args = parser.parse_args(argv)
     try:
-        if args.command == "list-models":
-            cmd_list_models()
-            return 0
-        if args.command == "make-data":
-            cmd_make_data(args)
-            return 0
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        return cmd_search(args)
+        return COMMANDS[args.command](args)
     except (UsageError, FileExistsError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -467,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-COMMANDS = {"analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict}
+COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd_list_models,
+            "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import argparse
 import json
 import time
 
-import numpy as np
 import torch
 
 from anomaly_ae.baselines import SEED_BASELINES
@@ -20,7 +19,7 @@ from anomaly_ae.config import validate_config
 from anomaly_ae.scores import SCORE_TYPES
 from anomaly_ae.data import load_proliv, make_splits
 from anomaly_ae.evaluation import test_report
-from anomaly_ae.training import build_trial, evaluate, train_one_epoch
+from anomaly_ae.training import train_and_validate
 
 # A config the search space can reach that copes with the test shift: brightness,
 # contrast and colour jitter plus small shifts in training, and a local score.
@@ -39,13 +38,11 @@ CALIBRATION_CONFIGS = {
 def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=()) -> dict:
     cfg = validate_config({**raw, **({"epochs": epochs} if epochs else {})})
     tick = time.perf_counter()
-    train = torch.from_numpy(np.ascontiguousarray(splits.train))
-    state = build_trial(cfg, train)
-    for epoch in range(cfg["epochs"]):
-        loss = train_one_epoch(state, cfg, train)
-        print(f"  {name} epoch {epoch + 1}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)",
-              flush=True)
-    metrics, val_scores = evaluate(state, cfg, torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill))
+
+    def progress(epoch, loss):
+        print(f"  {name} epoch {epoch}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)", flush=True)
+
+    state, metrics, val_scores = train_and_validate(cfg, splits, on_epoch=progress)
     seconds = round(time.perf_counter() - tick, 1)
     rows = []
     # Other scores of the same trained model: one forward pass yields them all.

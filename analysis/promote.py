@@ -19,7 +19,7 @@ import yaml
 
 from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.evaluation import test_report
-from anomaly_ae.training import build_trial, checkpoint_payload, evaluate, load_trained, train_one_epoch
+from anomaly_ae.training import checkpoint_payload, load_trained, train_and_validate
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
 CHAMPION = "champion"
@@ -69,16 +69,14 @@ def retrain(cfg: dict, splits, seeds: list[int], log=print) -> tuple[dict, dict]
     Validation normals stay held out: the threshold is fixed on them. Returns the
     payload of the seed with the best validation objective and the spread.
     """
-    train = torch.from_numpy(np.ascontiguousarray(splits.train))
-    val_n, val_s = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
     runs = []
     for seed in seeds:
         run_cfg = {**cfg, "seed": seed, "steps_per_epoch": 0, "samples_per_epoch": 0}
-        state = build_trial(run_cfg, train, torch.device("cpu"))
         tick = time.perf_counter()
-        for _ in range(run_cfg["epochs"]):
-            loss = train_one_epoch(state, run_cfg, train)
-        metrics, val_scores = evaluate(state, run_cfg, val_n, val_s)
+        losses = []
+        state, metrics, val_scores = train_and_validate(run_cfg, splits, torch.device("cpu"),
+                                                        on_epoch=lambda _, loss: losses.append(loss))
+        loss = losses[-1]
         main = metrics[run_cfg["score"]]
         report = {"objective": main["tpr_at_tnr"], "threshold": main["threshold"], "val_auroc": main["auroc"]}
         payload = checkpoint_payload(state, run_cfg, val_scores, report)

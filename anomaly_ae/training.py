@@ -276,6 +276,20 @@ def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spil
     return metrics, {"normal": normal, "spill": spill}
 
 
+def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on_epoch=None):
+    """Train ``cfg`` for its epochs outside Ray, then evaluate on validation: (state, metrics, val_scores).
+
+    ``on_epoch(epoch, loss)`` is called after each epoch (progress lines)."""
+    train = torch.from_numpy(np.ascontiguousarray(splits.train))
+    state = build_trial(cfg, train, device)
+    for epoch in range(1, cfg["epochs"] + 1):
+        loss = train_one_epoch(state, cfg, train)
+        if on_epoch is not None:
+            on_epoch(epoch, loss)
+    metrics, val_scores = evaluate(state, cfg, torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill))
+    return state, metrics, val_scores
+
+
 def checkpoint_payload(state: TrialState, cfg: dict, val_scores: dict, report: dict) -> dict:
     """What promotion needs without retraining: weights, config, preprocessing, score distributions."""
     return {

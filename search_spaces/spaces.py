@@ -177,13 +177,9 @@ def get_space(name: str, perceptual: bool = False, epochs: int | None = None, st
     kwargs = {"perceptual": perceptual}
     if epochs is not None:
         kwargs["epochs"] = epochs
-    if steps_per_epoch is not None:
-        kwargs["steps_per_epoch"] = steps_per_epoch
-        kwargs.setdefault("samples_per_epoch", samples_per_epoch or 0)
-    if samples_per_epoch is not None:
-        kwargs["samples_per_epoch"] = samples_per_epoch
-        if steps_per_epoch is None:
-            kwargs["steps_per_epoch"] = 0
+    if steps_per_epoch is not None or samples_per_epoch is not None:
+        kwargs["steps_per_epoch"] = steps_per_epoch or 0
+        kwargs["samples_per_epoch"] = samples_per_epoch or 0
     return partial(SPACES[name], **kwargs)
 
 

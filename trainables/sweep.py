@@ -24,11 +24,11 @@ class TrialLines(tune.Callback):
 
     def _line(self, trials, trial, how: str) -> None:
         # Counted from the trial list, so that a resumed sweep goes on from the trials it restored.
-        self.done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
+        done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
         r = trial.last_result or {}
         cfg = trial.config
         score = next((v for k, v in cfg.items() if k.startswith("score")), "?")
-        print(f"[{self.done}/{self.total}] {trial.trial_id} {how:<10} {cfg.get('variant', '?'):<20} "
+        print(f"[{done}/{self.total}] {trial.trial_id} {how:<10} {cfg.get('variant', '?'):<20} "
               f"score={score:<10} epochs={r.get('epoch', 0):<3} objective={r.get('objective', float('nan')):.3f} "
               f"auroc={r.get('val_auroc', float('nan')):.3f}", flush=True)
 
