@@ -26,6 +26,14 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one pe
 # Snapshot the experiment state often: after a kill -9, trials started since the last
 # snapshot are lost to --resume and suggested again.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+# Tune's legacy reporter at verbose=0 prints nothing; the new one prints a config box and a
+# TensorBoard hint whatever the verbosity. Our own lines (TrialLines) report progress instead.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS  # noqa: E402  (light: numpy only)
+
+# Chosen by measurement on the default dataset: see README, "Selection under a test shift".
+DEFAULT_OBJECTIVE = "clean"
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO / "data" / "default"
@@ -84,6 +92,20 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of train/ held out as validation normals, never trained on (default 0.1)")
     p.add_argument("--val-spill-fraction", type=float, default=1.0,
                    help="fraction of proliv/ used as validation spills (default 1)")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default="asha",
+                   help="asha stops weak trials early; fifo runs every trial to its budget (default asha)")
+    p.add_argument("--score-selection", choices=list(SCORE_SELECTIONS), default="best",
+                   help="best: judge each trial by its best score from one forward pass (fan-out); fixed: by the "
+                        "score it sampled. Seed baselines always keep their own score (default best)")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE,
+                   help="clean: val TPR at TNR >= target; worst_of_shift: the lower of that and the same on "
+                        f"nuisance-perturbed val crops (default {DEFAULT_OBJECTIVE})")
+    p.add_argument("--warm-start", default=None, metavar="EXPERIMENT[,EXPERIMENT...]",
+                   help="seed the study with the finished trials of these experiments' sweeps (default: earlier "
+                        "sweeps of this space on the same dataset content in this tracking store)")
+    p.add_argument("--no-warm-start", action="store_true", help="start the study empty")
+    p.add_argument("--no-references", action="store_true", help="do not score the PCA and kNN reference detectors")
 
 
 def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
@@ -164,6 +186,10 @@ def validate_search_args(args) -> dict:
         raise UsageError(f"--val-spill-fraction: must be in (0, 1], got {args.val_spill_fraction}")
     if args.gpus_per_trial > 0 and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial: fractions must be < 1, got {args.gpus_per_trial}")
+    if args.warm_start and args.no_warm_start:
+        raise UsageError("--warm-start and --no-warm-start contradict each other; give one")
+    if args.resume and (args.warm_start or args.sampler != "tpe"):
+        raise UsageError("--resume continues the sweep's own searcher; --warm-start and --sampler do not apply")
     if args.gpus_per_trial > 0 and not args.address:
         import torch
 
@@ -286,7 +312,7 @@ def resume_command(args, experiment: str) -> str:
 
 
 def new_sweep(args, experiment: str, checked: dict):
-    """Load the data, enqueue the baselines, create the parent run."""
+    """Load the data, enqueue the baselines, score the references, create the parent run."""
     from anomaly_ae.data import load_proliv, make_dataset, make_splits
 
     data_dir = args.data
@@ -308,17 +334,71 @@ def new_sweep(args, experiment: str, checked: dict):
     if not args.no_baselines and args.space != "seeds":
         from search_spaces import baseline_points
         points += baseline_points(perceptual)
-    client, tracking = prepare_tracking(args.tracking_uri, experiment, {
+    tags = {
         "space": args.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
         "git_commit": git_commit(), "command": " ".join(shlex.quote(a) for a in sys.argv),
         "num_samples": str(args.num_samples), "perceptual": str(int(perceptual)), "tnr_target": str(args.tnr_target),
         "n_val_normal": str(len(splits.val_normal)), "n_val_spill": str(len(splits.val_spill)),
         "val_normal_fraction": str(args.val_fraction), "val_spill_fraction": str(args.val_spill_fraction),
         "split_seed": "0", "ray_experiment_path": experiment_path_of(args, experiment),
-    })
+        "objective": args.objective, "score_selection": args.score_selection, "sampler": args.sampler,
+        "scheduler": args.scheduler, "seed": str(args.seed),
+    }
+    warm_trials = gather_warm_start(args, tags, perceptual)
+    client, tracking = prepare_tracking(args.tracking_uri, experiment, tags)
+    references = {}
+    if not args.no_references:
+        references = score_references(client, tracking, splits, args)
     from trainables.sweep import run_sweep
 
-    return client, tracking, lambda: run_sweep(args, splits, tracking, points, perceptual)
+    return client, tracking, lambda: run_sweep(args, splits, tracking, points, perceptual, warm_trials, references)
+
+
+def score_references(client, tracking, splits, args) -> dict[str, float]:
+    """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
+    from mlflow.entities import Metric, Param
+
+    from anomaly_ae.references import fit_references
+
+    refs = fit_references(splits, args.tnr_target, args.objective)
+    now = int(time.time() * 1000)
+    for ref in refs:
+        run = client.create_run(tracking.experiment_id, tags={
+            "mlflow.parentRunId": tracking.parent_run_id, "mlflow.runName": f"reference·{ref.name}",
+            "reference": ref.name, "sweep": "reference"})
+        metrics = {"objective": ref.objective, "val_auroc": ref.metrics["auroc"], "val_pauroc": ref.metrics["pauroc"],
+                   "tpr_at_tnr": ref.metrics["tpr_at_tnr"], "threshold": ref.metrics["threshold"],
+                   "fit_seconds": ref.fit_seconds}
+        if "tpr_at_tnr_shift" in ref.metrics:
+            metrics["objective_shift"] = ref.metrics["tpr_at_tnr_shift"]
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                         params=[Param("description", ref.description)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+    print("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs), flush=True)
+    return {r.name: r.objective for r in refs}
+
+
+def gather_warm_start(args, tags: dict, perceptual: bool):
+    """Finished trials of earlier sweeps that fit this sweep's space, as Optuna trials."""
+    if args.no_warm_start:
+        return []
+    from mlflow.tracking import MlflowClient
+
+    from analysis.sweep_runs import earlier_observations
+    from search_spaces import frozen_trials, get_space
+
+    experiments = args.warm_start.split(",") if args.warm_start else None
+    observations, sweeps = earlier_observations(MlflowClient(args.tracking_uri), tags, experiments)
+    if not observations:
+        if experiments:
+            print(f"warm start: no finished trials in {', '.join(experiments)} on this dataset", flush=True)
+        return []
+    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch,
+                      args.score_selection, args.objective)
+    trials, skipped = frozen_trials(space, observations)
+    print(f"warm start: {len(trials)} trials from {sweeps} earlier sweep(s)"
+          + (f"; {skipped} skipped (no longer fit the space)" if skipped else ""), flush=True)
+    return trials
 
 
 def experiment_path_of(args, experiment: str) -> str:
@@ -354,9 +434,39 @@ def resumed_sweep(args, experiment: str):
     return client, tracking, lambda: resume_sweep(args, splits, tracking, experiment_path_of(args, experiment))
 
 
+LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
+
+
+def route_library_logs(path: Path) -> Path:
+    """Send Ray's, MLflow's, Optuna's and Alembic's log lines to ``path`` instead of the terminal.
+
+    Their notices (token auth, database creation, "new study") are for debugging, not progress.
+    """
+    import logging
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # On the root logger: ray.init() empties the "ray" logger's own handlers.
+    logging.getLogger().addHandler(handler)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+        logger.setLevel(logging.INFO)
+    return path
+
+
 def cmd_search(args) -> int:
     checked = validate_search_args(args)
     experiment = args.experiment or f"proliv-{args.space}"
+    # Each library installs its own handler when first imported; import them before rerouting.
+    import mlflow  # noqa: F401
+    import optuna
+    import ray  # noqa: F401
+
+    optuna.logging.disable_default_handler()
+    log_path = route_library_logs(REPO / "logs" / f"search-{experiment}.log")
     client, tracking, fit = resumed_sweep(args, experiment) if args.resume else new_sweep(args, experiment, checked)
     from trainables.sweep import was_interrupted
 
@@ -372,17 +482,22 @@ def cmd_search(args) -> int:
         return 130
     closed = end_sweep(client, tracking, "FINISHED")
 
-    from analysis.leaderboard import format_leaderboard, results_frame
+    from analysis.leaderboard import format_leaderboard, results_frame, search_verdict
+    from analysis.sweep_runs import reference_frame
     frame = results_frame(results)
+    references = reference_frame(client, client.get_run(tracking.parent_run_id))
     print()
-    print(format_leaderboard(frame))
+    print(format_leaderboard(frame, references=references))
+    print(search_verdict(frame, references))
     if closed:
         print(f"\n({closed} run(s) stopped early by ASHA were marked KILLED in MLflow)")
     print(f"\nMLflow experiment {experiment!r}, parent run {tracking.parent_run_id}")
-    runs_page = f"#/experiments/{tracking.experiment_id}/runs"  # MLflow 3 otherwise opens a GenAI overview
+    # MLflow 3 otherwise opens a GenAI overview; sorted so that the best trial is the first row.
+    runs_page = f"#/experiments/{tracking.experiment_id}/runs?orderByKey=metrics.%60objective%60&orderByAsc=false"
     if args.tracking_uri.startswith(("http://", "https://")):
         print(f"the sweep's runs:  {args.tracking_uri.rstrip('/')}/{runs_page}")
     else:
+        print(f"library logs (Ray, MLflow, Optuna): {log_path}")
         print(f"open the UI:  mlflow ui --backend-store-uri {args.tracking_uri}")
         print(f"  then the sweep's runs:  http://127.0.0.1:5000/{runs_page}")
     return 0

@@ -42,7 +42,7 @@ def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=())
     def progress(epoch, loss):
         print(f"  {name} epoch {epoch}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)", flush=True)
 
-    state, metrics, val_scores = train_and_validate(cfg, splits, on_epoch=progress)
+    state, metrics, val_scores, _ = train_and_validate(cfg, splits, on_epoch=progress)
     seconds = round(time.perf_counter() - tick, 1)
     rows = []
     # Other scores of the same trained model: one forward pass yields them all.

@@ -17,11 +17,14 @@ def results_frame(results) -> pd.DataFrame:
     for result in results:
         history = result.metrics_dataframe
         cfg = validate_config(config_from_params(result.config))
-        best = history["objective"].max() if history is not None and "objective" in history else math.nan
+        has_history = history is not None and "objective" in history and history["objective"].notna().any()
+        best = history["objective"].max() if has_history else math.nan
         last = result.metrics or {}
+        # The score the trial was judged by at its best epoch (the fan-out's winner).
+        score = history.loc[history["objective"].idxmax()].get("score", cfg["score"]) if has_history else cfg["score"]
         rows.append({
             "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1]),
-            "baseline": match_baseline(cfg) or "", **trial_row(cfg),
+            "baseline": match_baseline(cfg) or "", **trial_row(cfg), "score": score,
             "best_objective": best, "final_objective": last.get("objective", math.nan),
             "val_auroc": last.get("val_auroc", math.nan), "epochs": last.get("epoch", 0),
             "status": "ERROR" if result.error else ("DIVERGED" if last.get("diverged") else "OK"),
@@ -29,11 +32,13 @@ def results_frame(results) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("best_objective", ascending=False, na_position="last")
 
 
-def leaderboard_rows(frame: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """The top trials plus every seed baseline, whatever its rank, with a rank column."""
+def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The top trials plus every seed baseline, whatever its rank, with a rank column; references last."""
     ranked = frame.reset_index(drop=True)
     ranked.insert(0, "rank", range(1, len(ranked) + 1))
     shown = ranked[(ranked["rank"] <= top) | (ranked["baseline"].fillna("") != "")]
+    if references is not None and len(references):
+        shown = pd.concat([shown, references.assign(rank="-")], ignore_index=True)
     shown = shown.assign(baseline=shown["baseline"].fillna("").replace("", "-"))
     if "objective_lo" in shown:
         shown = shown.assign(objective_ci=[f"{lo:.3f}-{hi:.3f}" if math.isfinite(lo) else "-"
@@ -43,6 +48,31 @@ def leaderboard_rows(frame: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return shown[[c for c in cols if c in shown]]
 
 
-def format_leaderboard(frame: pd.DataFrame, top: int = 10) -> str:
-    title = "Leaderboard: objective = val TPR at TNR >= target (best epoch); baselines marked"
-    return title + "\n" + leaderboard_rows(frame, top).to_string(index=False, float_format=lambda v: f"{v:.4g}")
+def format_leaderboard(frame: pd.DataFrame, top: int = 10, references: pd.DataFrame | None = None) -> str:
+    title = ("Leaderboard: objective = val TPR at TNR >= target (best epoch); seed baselines marked, "
+             "reference detectors (ref:) last")
+    rows = leaderboard_rows(frame, top, references)
+    return title + "\n" + rows.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
+    """One line: did the searched trials beat the best seed baseline and every reference on val?"""
+    is_baseline = frame["baseline"].fillna("") != ""
+    searched = frame.loc[~is_baseline, "best_objective"].max()
+    baseline = frame.loc[is_baseline, "best_objective"].max()
+    parts = [f"best searched trial {searched:.4f}"]
+    bars = []
+    if baseline == baseline:  # not NaN: the sweep ran baselines
+        parts.append(f"best seed baseline {baseline:.4f}")
+        bars.append(baseline)
+    if references is not None and len(references):
+        for _, ref in references.iterrows():
+            parts.append(f"{ref['baseline'][4:]} {ref['best_objective']:.4f}")
+            bars.append(ref["best_objective"])
+    if searched != searched:
+        verdict = "no searched trial finished"
+    elif all(searched > b for b in bars):
+        verdict = "the search beat all of them"
+    else:
+        verdict = "the search did NOT beat all of them"
+    return "val objective: " + ", ".join(parts) + f" -> {verdict}"

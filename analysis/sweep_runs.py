@@ -86,7 +86,8 @@ def sweep_frame(client, parent) -> pd.DataFrame:
         rows.append({
             "trial_id": run.data.tags["trial_id"], "run_id": run.info.run_id,
             "baseline": run.data.tags.get("baseline", ""),
-            **trial_row(cfg),
+            # The tag holds the score the trial was judged by (the fan-out's winner at its best epoch).
+            **trial_row(cfg), "score": run.data.tags.get("score", cfg["score"]),
             "best_objective": best, "objective_lo": lo, "objective_hi": hi,
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
@@ -133,3 +134,62 @@ def download_checkpoint(client, run_id: str, dst: Path) -> dict:
         raise SweepNotFound(f"run {run_id} has no {CHECKPOINT_FILE} artifact (it ended before its first evaluation)")
     path = client.download_artifacts(run_id, CHECKPOINT_FILE, str(dst))
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def reference_frame(client, parent) -> pd.DataFrame:
+    """The reference detectors scored with the sweep (runs tagged ``reference`` under its parent)."""
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=10_000)
+    n_spill = int(parent.data.tags.get("n_val_spill", 0)) or None
+    rows = []
+    for run in runs:
+        name = run.data.tags.get("reference")
+        if not name:
+            continue
+        objective = run.data.metrics.get("objective", math.nan)
+        lo, hi = objective_interval(objective, n_spill)
+        rows.append({"trial_id": "-", "run_id": run.info.run_id, "baseline": f"ref:{name}",
+                     "variant": run.data.params.get("description", name), "score": "-",
+                     "best_objective": objective, "objective_lo": lo, "objective_hi": hi,
+                     "val_auroc": run.data.metrics.get("val_auroc", math.nan), "status": run.info.status})
+    return pd.DataFrame(rows)
+
+
+# Sweeps whose objectives compare: same data, same TNR target, same objective and score selection.
+# Tags missing on older sweeps read as what those sweeps did.
+COMPARABLE_TAGS = {"dataset_hash": None, "tnr_target": "0.95", "objective": "clean", "score_selection": "fixed"}
+
+
+def earlier_observations(client, tags: dict, experiments: list[str] | None = None) -> tuple[list, int]:
+    """``(search_params, objective)`` of every finished trial of earlier comparable sweeps, and their count.
+
+    With ``experiments``, the sweeps of those experiments; otherwise every sweep of the same space in
+    the store. ASHA-stopped trials count with the objective they last reported, as Optuna was told.
+    """
+    if experiments:
+        exps = []
+        for name in experiments:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise SweepNotFound(f"--warm-start: no MLflow experiment {name!r}")
+            exps.append(exp)
+    else:
+        exps = client.search_experiments()
+    if not exps:
+        return [], 0
+    want = {k: tags.get(k, default) for k, default in COMPARABLE_TAGS.items()}
+    if not experiments:
+        want["space"] = tags["space"]
+    parents = [p for p in client.search_runs([e.experiment_id for e in exps], filter_string="tags.sweep = 'parent'",
+                                             max_results=10_000)
+               if all(p.data.tags.get(k, COMPARABLE_TAGS.get(k)) == v for k, v in want.items())]
+    observations = []
+    for parent in parents:
+        for run in trial_runs(client, parent):
+            finished = run.info.status == "FINISHED" or (
+                run.info.status == "KILLED" and run.data.tags.get("stopped_by") == "scheduler")
+            value = run.data.metrics.get("objective")
+            params = run.data.tags.get("search_params")
+            if finished and params and value is not None and math.isfinite(value):
+                observations.append((json.loads(params), value))
+    return observations, len(parents)

@@ -72,7 +72,9 @@ def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
 
 
 # Keys that do not make a config a different baseline: the budget and the seed.
-_BUDGET_KEYS = ("epochs", "steps_per_epoch", "samples_per_epoch", "seed", "baseline", "threshold_policy")
+# How a trial is judged is the sweep's choice, not the write-up's, so it does not either.
+_BUDGET_KEYS = ("epochs", "steps_per_epoch", "samples_per_epoch", "seed", "baseline", "threshold_policy",
+                "score_selection", "objective")
 
 
 def canonical(cfg: dict) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 from anomaly_ae.losses import LOSS_TYPES, PERCEPTUAL_WEIGHT_FILES
 from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
+from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
 from anomaly_ae.thresholds import THRESHOLD_POLICIES
 
 NORMALISATIONS = ("none", "dataset", "minus_one_one")
@@ -97,6 +98,9 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "score": ("mse", _choice(*SCORE_TYPES)),
     "threshold_policy": ("tnr_target", _choice(*THRESHOLD_POLICIES)),
     "tnr_target": (0.95, _float(0.5, 1.0)),
+    # fixed: judged by `score`; best: by the best of every score of the same forward pass (fan-out)
+    "score_selection": ("fixed", _choice(*SCORE_SELECTIONS)),
+    "objective": ("clean", _choice(*OBJECTIVES)),
     # optimisation
     "optimizer": ("adam", _choice(*OPTIMIZERS)),
     "lr": (1e-3, _float(1e-7, 1.0, lo_open=True)),

@@ -21,7 +21,9 @@ from anomaly_ae.losses import PerceptualDistance, kl_loss, reconstruction_loss
 from anomaly_ae.metrics import detection_summary
 from anomaly_ae.models import build_model, model_spec
 from anomaly_ae.models.vae import kl_beta_of
+from anomaly_ae.nuisance import perturb_nuisance
 from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores
+from anomaly_ae.selection import choose_score, score_objective, selection_bias
 
 
 class DivergedError(RuntimeError):
@@ -163,7 +165,7 @@ class TrialState:
     """Everything a trial carries between epochs."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None for closed-form variants
     preprocess: Preprocess
     perceptual: PerceptualDistance | None
     device: torch.device
@@ -171,7 +173,11 @@ class TrialState:
     epoch: int = 0
 
 
-def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer | None:
+    """None for a closed-form variant, which has no trainable parameters."""
+    params = list(params)
+    if not params:
+        return None
     if cfg["optimizer"] == "adam":
         return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     if cfg["optimizer"] == "adamw":
@@ -209,6 +215,8 @@ def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torc
 def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> float:
     """One epoch (a full pass, ``steps_per_epoch`` batches or ``samples_per_epoch`` crops); returns
     the mean loss. Raises DivergedError."""
+    if model_spec(cfg["variant"]).closed_form:
+        return fit_closed_form(state, cfg, train_u8)
     state.model.train()
     n, bs = len(train_u8), min(cfg["batch_size"], len(train_u8))
     if cfg.get("samples_per_epoch"):
@@ -231,6 +239,26 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
         total += loss.item()
     state.epoch += 1
     return total / max(steps, 1)
+
+
+@torch.no_grad()
+def fit_closed_form(state: TrialState, cfg: dict, train_u8: torch.Tensor, chunk: int = 1024) -> float:
+    """Fit a closed-form variant on one augmented pass over every training crop; returns its mean loss.
+
+    The epoch budget counts gradient steps, which such a variant has none of, so it always sees the
+    whole train split. Augmentation applies as for any variant, so the fit learns the same invariances.
+    """
+    pre = state.preprocess
+    order = torch.randperm(len(train_u8), generator=state.generator)
+    inputs = torch.cat([pre.normalise(augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg,
+                                              state.generator)) for i in range(0, len(order), chunk)])
+    state.model.fit(inputs)
+    state.epoch += 1
+    recon = torch.cat([state.model(inputs[i:i + chunk]).recon for i in range(0, len(inputs), chunk)])
+    loss = F.mse_loss(pre.denormalise(recon), pre.denormalise(inputs)).item()
+    if not math.isfinite(loss):
+        raise DivergedError(f"closed-form fit gave a reconstruction loss of {loss}")
+    return loss
 
 
 def score_types_for(cfg: dict) -> list[str]:
@@ -263,38 +291,72 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
     return {t: torch.cat(v).numpy().astype(np.float64) for t, v in chunks.items()}, kept
 
 
-def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor):
-    """Metrics of every score on the validation split, plus the raw score arrays."""
+def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor,
+             shifted: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Metrics of every score on the validation split, plus the raw score arrays.
+
+    With ``shifted`` (the validation normals and spills under nuisance perturbations), each score's
+    metrics also hold ``tpr_at_tnr_shift``, the objective on the perturbed crops.
+    """
     normal, _ = score_images(state, cfg, val_normal_u8)
     spill, _ = score_images(state, cfg, val_spill_u8)
-    metrics = {}
-    for name in normal:
-        if not (np.all(np.isfinite(normal[name])) and np.all(np.isfinite(spill[name]))):
-            metrics[name] = {"tpr_at_tnr": 0.0, "threshold": math.inf, "auroc": 0.0, "pauroc": 0.0, "aupr": 0.0}
-            continue
-        metrics[name] = detection_summary(normal[name], spill[name], cfg["tnr_target"])
+    metrics = {name: score_summary(normal[name], spill[name], cfg["tnr_target"]) for name in normal}
+    if shifted is not None:
+        normal_shift, _ = score_images(state, cfg, shifted[0])
+        spill_shift, _ = score_images(state, cfg, shifted[1])
+        for name in metrics:
+            metrics[name]["tpr_at_tnr_shift"] = score_summary(normal_shift[name], spill_shift[name],
+                                                              cfg["tnr_target"])["tpr_at_tnr"]
     return metrics, {"normal": normal, "spill": spill}
 
 
-def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on_epoch=None):
-    """Train ``cfg`` for its epochs outside Ray, then evaluate on validation: (state, metrics, val_scores).
+def score_summary(normal: np.ndarray, spill: np.ndarray, tnr: float) -> dict:
+    """detection_summary, or the worst figures when a score is not finite (a broken model)."""
+    if not (np.all(np.isfinite(normal)) and np.all(np.isfinite(spill))):
+        return {"tpr_at_tnr": 0.0, "threshold": math.inf, "auroc": 0.0, "pauroc": 0.0, "aupr": 0.0}
+    return detection_summary(normal, spill, tnr)
 
-    ``on_epoch(epoch, loss)`` is called after each epoch (progress lines)."""
+
+def judge(metrics: dict, val_scores: dict, cfg: dict) -> dict:
+    """The trial's verdict: the score it is judged by, its objective, and the selection bias of that choice."""
+    score = choose_score(metrics, cfg["score"], cfg["score_selection"], cfg["objective"])
+    bias = 0.0
+    if cfg["score_selection"] == "best":
+        bias = selection_bias(val_scores["normal"], val_scores["spill"], cfg["tnr_target"])
+    return {"score": score, "objective": score_objective(metrics[score], cfg["objective"]),
+            "selection_bias": bias}
+
+
+def nuisance_split(val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor, cfg: dict):
+    """The perturbed validation crops the worst_of_shift objective needs, or None."""
+    if cfg["objective"] != "worst_of_shift":
+        return None
+    return (perturb_nuisance(val_normal_u8.cpu(), seed=0).to(val_normal_u8.device),
+            perturb_nuisance(val_spill_u8.cpu(), seed=1).to(val_spill_u8.device))
+
+
+def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on_epoch=None):
+    """Train ``cfg`` for its epochs outside Ray, then evaluate on validation: (state, metrics, val_scores, verdict).
+
+    ``on_epoch(epoch, loss)`` is called after each epoch (progress lines). The verdict's score is the
+    one the config is judged by (its own, or the best with ``score_selection: best``)."""
     train = torch.from_numpy(np.ascontiguousarray(splits.train))
     state = build_trial(cfg, train, device)
-    for epoch in range(1, cfg["epochs"] + 1):
+    epochs = 1 if model_spec(cfg["variant"]).closed_form else cfg["epochs"]
+    for epoch in range(1, epochs + 1):
         loss = train_one_epoch(state, cfg, train)
         if on_epoch is not None:
             on_epoch(epoch, loss)
-    metrics, val_scores = evaluate(state, cfg, torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill))
-    return state, metrics, val_scores
+    normal, spill = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
+    metrics, val_scores = evaluate(state, cfg, normal, spill, nuisance_split(normal, spill, cfg))
+    return state, metrics, val_scores, judge(metrics, val_scores, cfg)
 
 
 def checkpoint_payload(state: TrialState, cfg: dict, val_scores: dict, report: dict) -> dict:
     """What promotion needs without retraining: weights, config, preprocessing, score distributions."""
     return {
         "model_state": state.model.state_dict(),
-        "optimizer_state": state.optimizer.state_dict(),
+        "optimizer_state": state.optimizer.state_dict() if state.optimizer is not None else None,
         "config": cfg,
         "preprocess": state.preprocess.as_dict(),
         "val_scores": val_scores,

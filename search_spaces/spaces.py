@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import partial
 
 from anomaly_ae.baselines import baseline_configs
+from anomaly_ae.models import model_spec
 
 # (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
 VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
@@ -36,6 +37,7 @@ VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
     "memae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "latent_channels": ("cat", [16, 32, 64]),
               "mem_size": ("cat", [25, 50, 100, 200]), "shrink_threshold": ("float", 0.0, 0.02),
               "entropy_weight": ("logfloat", 1e-5, 1e-2)},
+    "pca_ae": {"n_components": ("cat", [4, 8, 16, 32, 64, 128])},
 }
 
 # Variants whose output activation is fixed to sigmoid: inputs must stay in [0, 1].
@@ -70,7 +72,9 @@ def architecture(trial, variants=tuple(VARIANT_PARAMS)) -> str:
 
 
 def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
-    """Image size, colour, flips, rotation, shift, jitter, normalisation, spill corruption."""
+    """Image size, colour, flips, rotation, shift, jitter, normalisation, spill corruption.
+
+    A closed-form variant is fitted on clean crops, so it has no spill corruption."""
     trial.suggest_categorical("image_size", list(sizes))
     trial.suggest_categorical("grayscale", [False, True])
     constants = {}
@@ -85,7 +89,8 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     trial.suggest_float("brightness_jitter", 0.0, 0.15)
     trial.suggest_float("contrast_jitter", 0.0, 0.15)
     trial.suggest_float("colour_jitter", 0.0, 0.05)
-    trial.suggest_float("corruption_prob", 0.0, 0.5)
+    if not model_spec(variant).closed_form:
+        trial.suggest_float("corruption_prob", 0.0, 0.5)
     return constants
 
 
@@ -138,36 +143,42 @@ def optimisation(trial, batch_sizes=tuple(BATCH_SIZES)) -> None:
 
 
 def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0,
-               samples_per_epoch: int = 0) -> dict:
-    """Every dimension; epochs are the ASHA budget, the same for every trial."""
+               samples_per_epoch: int = 0, score_selection: str = "best", objective: str = "clean") -> dict:
+    """Every dimension; epochs are the ASHA budget, the same for every trial.
+
+    A closed-form variant (PCA) has no loss or optimiser to choose."""
     variant = architecture(trial)
     constants = augmentation(trial, variant)
-    loss(trial, perceptual)
+    if not model_spec(variant).closed_form:
+        loss(trial, perceptual)
     score(trial, variant, perceptual)
-    optimisation(trial)
-    return {**constants, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch}
+    if not model_spec(variant).closed_form:
+        optimisation(trial)
+    return {**constants, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch,
+            "score_selection": score_selection, "objective": objective}
 
 
 def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoch: int = 0,
-                samples_per_epoch: int = 768) -> dict:
+                samples_per_epoch: int = 768, score_selection: str = "best", objective: str = "clean") -> dict:
     """CPU-sized: the same dimensions on a short budget of 768 crops per epoch."""
-    return full_space(trial, perceptual, epochs, steps_per_epoch, samples_per_epoch)
+    return full_space(trial, perceptual, epochs, steps_per_epoch, samples_per_epoch, score_selection, objective)
 
 
 def seeds_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0,
-                samples_per_epoch: int = 0) -> dict:
-    """Only the seed baselines, one per trial, each on the same budget."""
+                samples_per_epoch: int = 0, score_selection: str = "fixed", objective: str = "clean") -> dict:
+    """Only the seed baselines, one per trial, each on the same budget and judged by its own score."""
     baselines = baseline_configs(perceptual)
     name = trial.suggest_categorical("seed_baseline", sorted(baselines))
     cfg = {k: v for k, v in baselines[name].items() if k not in NOT_SEARCHED}
-    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch}
+    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch,
+            "score_selection": "fixed", "objective": objective}
 
 
 SPACES = {"quick": quick_space, "full": full_space, "seeds": seeds_space}
 
 
 def get_space(name: str, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int | None = None,
-              samples_per_epoch: int | None = None):
+              samples_per_epoch: int | None = None, score_selection: str | None = None, objective: str | None = None):
     """A picklable define-by-run function (Tuner.restore needs to unpickle it).
 
     Giving only one of ``steps_per_epoch`` and ``samples_per_epoch`` switches the other off.
@@ -180,11 +191,16 @@ def get_space(name: str, perceptual: bool = False, epochs: int | None = None, st
     if steps_per_epoch is not None or samples_per_epoch is not None:
         kwargs["steps_per_epoch"] = steps_per_epoch or 0
         kwargs["samples_per_epoch"] = samples_per_epoch or 0
+    if score_selection is not None:
+        kwargs["score_selection"] = score_selection
+    if objective is not None:
+        kwargs["objective"] = objective
     return partial(SPACES[name], **kwargs)
 
 
 # Keys a baseline fixes that are not search dimensions: the budget and bookkeeping.
-NOT_SEARCHED = ("baseline", "threshold_policy", "epochs", "steps_per_epoch", "samples_per_epoch", "seed")
+NOT_SEARCHED = ("baseline", "threshold_policy", "epochs", "steps_per_epoch", "samples_per_epoch", "seed",
+                "score_selection", "objective")
 
 
 def config_from_params(params: dict) -> dict:
@@ -227,3 +243,44 @@ def baseline_point(cfg: dict, perceptual: bool = False) -> dict:
 
 def baseline_points(perceptual: bool = False) -> list[dict]:
     return [baseline_point(cfg, perceptual) for _, cfg in sorted(baseline_configs(perceptual).items())]
+
+
+def replay_distributions(space, params: dict) -> dict | None:
+    """The distributions ``space`` gives ``params``, or None when they no longer fit it.
+
+    The params are enqueued into a throwaway study and the space suggests them again, so
+    conditional parameters get exactly the distributions a live trial would record.
+    """
+    import optuna
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(params, skip_if_exists=False)
+    trial = study.ask()
+    try:
+        space(trial)
+    except Exception:  # noqa: BLE001 - e.g. a categorical value no longer among the choices
+        return None
+    # Keys the space does not suggest (its constants, config fields) are ignored; a suggested
+    # key that is missing, changed or out of range means the trial no longer fits.
+    dists = trial.distributions
+    for name, dist in dists.items():
+        if name not in params or trial.params[name] != params[name]:
+            return None
+        if not dist._contains(dist.to_internal_repr(params[name])):
+            return None
+    return dists
+
+
+def frozen_trials(space, observations: list[tuple[dict, float]]):
+    """Finished Optuna trials for ``(params, value)`` pairs that fit ``space``; returns (trials, skipped)."""
+    import optuna
+
+    trials, skipped = [], 0
+    for params, value in observations:
+        dists = replay_distributions(space, params)
+        if dists is None:
+            skipped += 1
+            continue
+        trials.append(optuna.trial.create_trial(params={k: params[k] for k in dists}, distributions=dists,
+                                                value=float(value)))
+    return trials, skipped

@@ -4,7 +4,7 @@ import torch
 
 from anomaly_ae.config import validate_config
 from anomaly_ae.models import build_model, list_models, model_spec, register_model
-from anomaly_ae.training import build_trial, step_loss
+from anomaly_ae.training import build_trial, step_loss, train_one_epoch
 
 
 def test_registry_lists_every_seed_family():
@@ -56,6 +56,12 @@ def test_variant_trains_loss_finite_and_decreasing(variant, tiny_splits):
     train = torch.from_numpy(np.ascontiguousarray(tiny_splits.train[:16]))
     state = build_trial(cfg, train, torch.device("cpu"))
     x = state.preprocess.to_unit(train)
+    if model_spec(variant).closed_form:
+        # No gradient steps: one fit must cut the reconstruction loss of the unfitted model.
+        before = step_loss(state, cfg, x, x).item()
+        after = train_one_epoch(state, cfg, train)
+        assert state.optimizer is None and np.isfinite(after) and after < 0.5 * before, (before, after)
+        return
     losses = []
     state.model.train()
     for _ in range(20):
@@ -66,3 +72,22 @@ def test_variant_trains_loss_finite_and_decreasing(variant, tiny_splits):
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3]), losses
+
+
+@pytest.mark.parametrize("n,dim,k", [(200, 60, 16), (3000, 2400, 8)])
+def test_pca_ae_matches_sklearn_reconstruction_error(n, dim, k):
+    """The closed-form fit (exact SVD, and the randomized one above EXACT_SVD_LIMIT) is scikit-learn's PCA."""
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    # Low-rank signal plus noise, like crops of one scene: a decaying spectrum.
+    x = rng.normal(size=(n, 12)) @ rng.normal(size=(12, dim)) + 0.1 * rng.normal(size=(n, dim))
+    x = x.astype(np.float32)
+    model = build_model("pca_ae", 1, 1, dim, n_components=k)
+    model.fit(torch.from_numpy(x).view(n, 1, 1, dim))
+    ours = model(torch.from_numpy(x).view(n, 1, 1, dim)).recon.view(n, dim).numpy()
+    pca = PCA(n_components=k, svd_solver="full").fit(x)
+    theirs = pca.inverse_transform(pca.transform(x))
+    err_ours, err_theirs = ((x - ours) ** 2).mean(1), ((x - theirs) ** 2).mean(1)
+    assert np.abs(err_ours - err_theirs).max() < 1e-4
+    assert abs(err_ours.mean() - err_theirs.mean()) < 1e-4 * err_theirs.mean() + 1e-7

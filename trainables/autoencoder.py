@@ -22,8 +22,9 @@ from ray import tune
 from anomaly_ae.baselines import match_baseline
 from anomaly_ae.config import validate_config
 from anomaly_ae.data import Splits
+from anomaly_ae.models import model_spec
 from anomaly_ae.training import (
-    DivergedError, build_trial, checkpoint_payload, evaluate, score_images, train_one_epoch,
+    DivergedError, build_trial, checkpoint_payload, evaluate, judge, nuisance_split, score_images, train_one_epoch,
 )
 from search_spaces import config_from_params
 
@@ -43,12 +44,14 @@ def flatten_params(cfg: dict) -> dict[str, str]:
     return {k: str(v) for k, v in sorted(cfg.items())}
 
 
-def epoch_report(epoch: int, train_loss: float, metrics: dict, cfg: dict, seconds: float) -> dict:
-    """One report dict with stable keys: the objective plus every score's figures."""
-    main = metrics[cfg["score"]]
+def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, seconds: float) -> dict:
+    """One report dict with stable keys: the objective, the score it came from, every score's figures."""
+    main = metrics[verdict["score"]]
     report = {
         "epoch": epoch,
-        "objective": main["tpr_at_tnr"],
+        "objective": verdict["objective"],
+        "score": verdict["score"],
+        "selection_bias": verdict["selection_bias"],
         "train_loss": train_loss,
         "val_auroc": main["auroc"],
         "val_pauroc": main["pauroc"],
@@ -57,9 +60,13 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, cfg: dict, second
         "epoch_seconds": seconds,
         "diverged": 0,
     }
+    if "tpr_at_tnr_shift" in main:
+        report["objective_clean"], report["objective_shift"] = main["tpr_at_tnr"], main["tpr_at_tnr_shift"]
     for name, m in metrics.items():
         report[f"tpr_at_tnr_{name}"] = m["tpr_at_tnr"]
         report[f"auroc_{name}"] = m["auroc"]
+        if "tpr_at_tnr_shift" in m:
+            report[f"tpr_at_tnr_shift_{name}"] = m["tpr_at_tnr_shift"]
     return report
 
 
@@ -148,6 +155,8 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
         raise ValueError("train_autoencoder needs the dataset splits (tune.with_parameters(..., splits=...))")
     cfg = validate_config(config_from_params(config))
     cfg["baseline"] = cfg["baseline"] or match_baseline(cfg)
+    if cfg["baseline"]:
+        cfg["score_selection"] = "fixed"  # a baseline is judged by the score its write-up used
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     name, trial_id = _trial_identity()
     run = TrialRun(tracking, cfg, name, trial_id, config)
@@ -175,18 +184,22 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
     dev = state.device
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(splits, k))).to(dev)
                for k in ("train", "val_normal", "val_spill")}
+    shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
     start_epoch = 0
     resumed = tune.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
             payload = torch.load(Path(d) / CHECKPOINT_FILE, map_location=dev, weights_only=False)
         state.model.load_state_dict(payload["model_state"])
-        state.optimizer.load_state_dict(payload["optimizer_state"])
+        if state.optimizer is not None:
+            state.optimizer.load_state_dict(payload["optimizer_state"])
         state.epoch = start_epoch = payload["epoch"]
+    # A closed-form variant is fitted once: one report, then the trial is done.
+    last_epoch = 1 if model_spec(cfg["variant"]).closed_form else cfg["epochs"]
     best = -math.inf
     node_id = current_node_id()
     run.set_tag("node_id", node_id)
-    for epoch in range(start_epoch + 1, cfg["epochs"] + 1):
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         tick = time.perf_counter()
         try:
             train_loss = train_one_epoch(state, cfg, tensors["train"])
@@ -195,22 +208,27 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
             run.log_metrics({"objective": 0.0, "diverged": 1}, epoch)
             tune.report({"epoch": epoch, "objective": 0.0, "diverged": 1, "train_loss": float("inf")})
             raise
-        if epoch % cfg["eval_every"] and epoch != cfg["epochs"]:
+        if epoch % cfg["eval_every"] and epoch != last_epoch:
             continue
-        metrics, val_scores = evaluate(state, cfg, tensors["val_normal"], tensors["val_spill"])
-        report = epoch_report(epoch, train_loss, metrics, cfg, time.perf_counter() - tick)
+        metrics, val_scores = evaluate(state, cfg, tensors["val_normal"], tensors["val_spill"], shifted)
+        verdict = judge(metrics, val_scores, cfg)
+        report = epoch_report(epoch, train_loss, metrics, verdict, time.perf_counter() - tick)
         report["node_id"] = node_id
+        report["baseline"] = cfg["baseline"] or ""
+        report["final"] = int(epoch == last_epoch)
         run.log_metrics(report, epoch)
-        payload = checkpoint_payload(state, cfg, val_scores, report)
+        judged = {**cfg, "score": verdict["score"]}
+        payload = checkpoint_payload(state, judged, val_scores, report)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             if report["objective"] > best:
                 best = report["objective"]
-                write_trial_artifacts(folder, state, cfg, tensors, val_scores, report, payload)
+                run.set_tag("score", verdict["score"])
+                write_trial_artifacts(folder, state, judged, tensors, val_scores, report, payload)
                 run.log_artifacts(tmp)
             else:
                 torch.save(payload, folder / CHECKPOINT_FILE)
-            if epoch == cfg["epochs"]:
+            if epoch == last_epoch:
                 # The scheduler may stop the trial inside this last report (ASHA does at
                 # max_t), so the run is closed first.
                 run.end("FINISHED")

@@ -5,10 +5,10 @@ import inspect
 import os
 
 import ray
-from optuna.samplers import TPESampler
+from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
 from ray.tune import CheckpointConfig, RunConfig
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -16,25 +16,58 @@ from search_spaces import get_space
 from trainables.autoencoder import train_autoencoder
 
 
-class TrialLines(tune.Callback):
-    """One readable line per finished trial instead of Ray's progress tables."""
+class WarmStartedOptunaSearch(OptunaSearch):
+    """OptunaSearch whose study starts with finished trials of earlier sweeps.
 
-    def __init__(self, total: int, max_epochs: int):
-        self.total, self.max_epochs = total, max_epochs
+    Ray's ``evaluated_rewards`` refuses a define-by-run space, so the trials arrive as
+    Optuna ``FrozenTrial``s whose distributions were replayed through the same space.
+    """
+
+    def __init__(self, *args, warm_trials=(), **kwargs):
+        self._warm_trials = list(warm_trials)
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        for trial in self._warm_trials:
+            self._ot_study.add_trial(trial)
+        self._warm_trials = []  # added once; a restored searcher already holds them in its study
+
+
+class TrialLines(tune.Callback):
+    """One readable line per finished trial, with the best so far against the baselines and references."""
+
+    def __init__(self, total: int, references: dict[str, float] | None = None):
+        self.total, self.references = total, dict(references or {})
+        self.best_searched = self.best_baseline = float("-inf")
+        self.best_of: dict[str, float] = {}  # each trial's best objective so far (its last may be lower)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        objective = result.get("objective", float("nan"))
+        if objective == objective:
+            self.best_of[trial.trial_id] = max(objective, self.best_of.get(trial.trial_id, float("-inf")))
 
     def _line(self, trials, trial, how: str) -> None:
         # Counted from the trial list, so that a resumed sweep goes on from the trials it restored.
         done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
         r = trial.last_result or {}
-        cfg = trial.config
-        score = next((v for k, v in cfg.items() if k.startswith("score")), "?")
-        print(f"[{done}/{self.total}] {trial.trial_id} {how:<10} {cfg.get('variant', '?'):<20} "
-              f"score={score:<10} epochs={r.get('epoch', 0):<3} objective={r.get('objective', float('nan')):.3f} "
-              f"auroc={r.get('val_auroc', float('nan')):.3f}", flush=True)
+        objective = self.best_of.get(trial.trial_id, r.get("objective", float("nan")))
+        baseline = r.get("baseline", "")
+        if objective == objective:  # not NaN
+            if baseline:
+                self.best_baseline = max(self.best_baseline, objective)
+            else:
+                self.best_searched = max(self.best_searched, objective)
+        who = f"[{baseline}]" if baseline else ""
+        standings = " ".join([f"searched {self.best_searched:.3f}", f"baseline {self.best_baseline:.3f}",
+                              *(f"{k} {v:.3f}" for k, v in self.references.items())]).replace("-inf", " -  ")
+        print(f"[{done:>2}/{self.total}] {trial.trial_id} {how:<8} {trial.config.get('variant', '?'):<19} "
+              f"{r.get('score', '?'):<11} ep {r.get('epoch', 0):<2} obj {objective:.3f} {who:<17} "
+              f"| best: {standings}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        how = "diverged" if r.get("diverged") else "done" if r.get("epoch", 0) >= self.max_epochs else "stopped"
+        how = "diverged" if r.get("diverged") else "done" if r.get("final") else "stopped"
         self._line(trials, trial, how)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -53,7 +86,7 @@ def init_ray(args) -> None:
         # Ship this project's packages to every node: cluster nodes need the dependencies
         # (torch, ray, mlflow ...) installed, not a checkout of this repository.
         try:
-            ray.init(address=args.address, log_to_driver=False,
+            ray.init(address=args.address, log_to_driver=False, configure_logging=False,
                      runtime_env={"py_modules": [anomaly_ae, search_spaces, trainables, analysis]})
         except ConnectionError as err:
             # Ray 2.59+ clusters use token auth, and an explicit address never turns it on by itself.
@@ -65,7 +98,7 @@ def init_ray(args) -> None:
         # address="local": without --address the sweep starts its own Ray, even where a `ray start`
         # cluster runs (or ran) on this machine; ray.init() would otherwise join that one.
         ray.init(address="local", num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)),
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def make_trainable(args, splits, tracking):
@@ -73,30 +106,44 @@ def make_trainable(args, splits, tracking):
     return tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
 
 
-def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool):
+def make_searcher(args, space, points: list[dict], warm_trials=()):
+    # The enqueued seed baselines and any warm-start trials are TPE's startup: the searched trials
+    # after them are guided by those results instead of being drawn at random until Optuna's
+    # default 10 startup trials are done.
+    startup = max(5, len(points)) if points else 10
+    if args.sampler == "random":
+        sampler = RandomSampler(seed=args.seed)
+    else:
+        sampler = TPESampler(seed=args.seed, n_startup_trials=startup)
+    return WarmStartedOptunaSearch(space=space, metric="objective", mode="max", sampler=sampler,
+                                   points_to_evaluate=points or None, warm_trials=warm_trials)
+
+
+def make_scheduler(args, epochs: int):
+    if args.scheduler == "fifo":
+        return FIFOScheduler()  # every trial runs its whole budget: what the rung-fidelity measurement needs
+    return ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                         grace_period=min(args.grace_period, epochs), reduction_factor=2)
+
+
+def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),
+              references: dict[str, float] | None = None):
     """Run the sweep; returns Ray's ResultGrid."""
     init_ray(args)
-    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch)
+    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch,
+                      args.score_selection, args.objective)
     epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.
-    # The enqueued seed baselines are TPE's warm start: the searched trials after them are guided by
-    # their results instead of being drawn at random until Optuna's default 10 startup trials are done.
-    startup = max(5, len(points)) if points else 10
-    searcher = OptunaSearch(space=space, metric="objective", mode="max",
-                            sampler=TPESampler(seed=args.seed, n_startup_trials=startup),
-                            points_to_evaluate=points or None)
-    scheduler = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
-                              grace_period=min(args.grace_period, epochs), reduction_factor=2)
     tuner = tune.Tuner(
         make_trainable(args, splits, tracking),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, args.max_concurrent),
-            scheduler=scheduler, num_samples=args.num_samples, time_budget_s=args.time_budget_s,
+            search_alg=ConcurrencyLimiter(make_searcher(args, space, points, warm_trials), args.max_concurrent),
+            scheduler=make_scheduler(args, epochs), num_samples=args.num_samples, time_budget_s=args.time_budget_s,
         ),
         run_config=RunConfig(
             name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
-            callbacks=[TrialLines(args.num_samples, epochs)],
+            callbacks=[TrialLines(args.num_samples, references)],
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
                                                checkpoint_score_order="max"),
         ),

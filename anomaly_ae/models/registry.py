@@ -25,13 +25,15 @@ class ModelSpec(NamedTuple):
     variational: bool
     params: dict  # tunable builder parameters and their defaults
     fixed_output: str | None  # output activation of a builder that takes no out_activation
+    closed_form: bool = False  # fitted by model.fit(inputs) in one pass, not by gradient steps
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _SHAPE_ARGS = ("in_channels", "height", "width")
 
 
-def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None):
+def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None,
+                   closed_form: bool = False):
     """Decorator: add a builder ``fn(in_channels, height, width, **params) -> nn.Module``.
 
     A builder without an ``out_activation`` parameter declares its fixed one in
@@ -52,7 +54,7 @@ def register_model(name: str, *, seed: str = "beyond", variational: bool = False
         }
         if "out_activation" not in params and fixed_output is None:
             raise TypeError(f"builder for {name!r} must take out_activation or declare fixed_output")
-        _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output)
+        _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output, closed_form)
         return fn
 
     return decorator

@@ -1,0 +1,68 @@
+"""Which score a trial is judged by, and what that choice costs. Pure functions.
+
+Every score comes out of one forward pass, so a trial can be judged by its best
+score ("best", the score fan-out) instead of the one it sampled ("fixed"). Taking
+a maximum over scores on the same validation crops flatters the winner; that
+optimism is measured by ``selection_bias`` with a two-fold split.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from anomaly_ae.metrics import tpr_at_tnr
+
+SCORE_SELECTIONS = ("fixed", "best")
+# clean: TPR at TNR >= target on validation as it is; worst_of_shift: the lower of that and the
+# same figure on validation crops under nuisance perturbations (anomaly_ae.nuisance).
+OBJECTIVES = ("clean", "worst_of_shift")
+
+
+def score_objective(metrics: dict, objective: str) -> float:
+    """One score's objective from its metrics (``tpr_at_tnr`` and, under shift, ``tpr_at_tnr_shift``)."""
+    if objective == "clean":
+        return metrics["tpr_at_tnr"]
+    if objective == "worst_of_shift":
+        return min(metrics["tpr_at_tnr"], metrics["tpr_at_tnr_shift"])
+    raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
+
+
+def choose_score(metrics: dict[str, dict], fixed_score: str, selection: str, objective: str) -> str:
+    """The score a trial is judged by: its own, or the best by objective, then partial AUROC, then AUROC."""
+    if selection == "fixed":
+        return fixed_score
+    if selection != "best":
+        raise ValueError(f"unknown score selection {selection!r}; valid: {list(SCORE_SELECTIONS)}")
+
+    def rank(name):
+        m = metrics[name]
+        return (score_objective(m, objective), m["pauroc"], m["auroc"], name == fixed_score)
+
+    return max(metrics, key=rank)
+
+
+def selection_bias(normal: dict[str, np.ndarray], spill: dict[str, np.ndarray], tnr: float,
+                   seed: int = 0) -> float:
+    """Optimism of picking the best score on the data it is measured on, by two-fold cross-fitting.
+
+    Each fold picks the score with the best TPR at TNR >= ``tnr`` on itself; the bias is the mean of
+    (that in-fold best) minus (the picked score on the other fold). Zero for one score.
+    """
+    names = sorted(normal)
+    rng = np.random.default_rng(seed)
+    n_idx = rng.permutation(len(normal[names[0]]))
+    s_idx = rng.permutation(len(spill[names[0]]))
+    folds = [(n_idx[: len(n_idx) // 2], s_idx[: len(s_idx) // 2]), (n_idx[len(n_idx) // 2:], s_idx[len(s_idx) // 2:])]
+    if min(len(f[0]) for f in folds) == 0 or min(len(f[1]) for f in folds) == 0:
+        return math.nan
+
+    def fold_tpr(name, fold):
+        return tpr_at_tnr(normal[name][fold[0]], spill[name][fold[1]], tnr)[0]
+
+    gaps = []
+    for inside, outside in (folds, folds[::-1]):
+        values = {name: fold_tpr(name, inside) for name in names}
+        picked = max(names, key=lambda name: values[name])
+        gaps.append(values[picked] - fold_tpr(picked, outside))
+    return float(np.mean(gaps))
