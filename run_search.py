@@ -8,6 +8,7 @@
     python run_search.py analyze --experiment NAME      # leaderboard, importance, plots -> parent run
     python run_search.py promote --experiment NAME [--trial ID] [--retrain] [--force]
     python run_search.py predict --model champion --images DIR --out scores.csv
+    python run_search.py benchmark-search --budget-s 600 --repeats 5   # TPE vs random, baselines, references
 """
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS  # noqa: E402  (light: numpy only)
 
+# The policies of anomaly_ae.thresholds (kept literal: the parser must not import torch).
+POLICY_CHOICES = ["tnr_target", "midpoint", "best_f1", "tpr_target", "min_anomaly", "normal_quantile"]
 # Chosen by measurement on the default dataset: see README, "Selection under a test shift".
 DEFAULT_OBJECTIVE = "clean"
 
@@ -145,10 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
                          help="retrain the config with full passes over the train split first, once per seed")
     promote.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --retrain (default 0 1 2)")
     promote.add_argument("--force", action="store_true", help="replace a champion with better test figures")
+    promote.add_argument("--threshold-policy", choices=POLICY_CHOICES, default="tnr_target",
+                         help="how the threshold is fixed on validation (default tnr_target: the sweep's objective, "
+                              "TNR >= target on validation normals); the trial's own policy is shown beside it")
+    promote.add_argument("--no-references", action="store_true", help="leave the PCA/kNN references out of the table")
     promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
     promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
                          help="where to write the promoted config (default ./best_config.yaml)")
+    bench = sub.add_parser("benchmark-search", help="TPE against random sampling at equal wall-clock budget",
+                           description="Run K sweeps with TPE and K with random sampling, interleaved, each at the "
+                                       "same wall-clock budget with the seed baselines enqueued; print and plot the "
+                                       "best-so-far against the baselines and the reference detectors; test the best "
+                                       "trial of each; log it all to MLflow.")
+    bench.add_argument("--data", type=Path, default=None, help=f"dataset folder (default {DEFAULT_DATA})")
+    bench.add_argument("--budget-s", type=non_negative_float, required=True, help="wall-clock seconds per sweep")
+    bench.add_argument("--repeats", type=positive_int, default=5, help="sweeps per sampler, seeds 0..K-1 (default 5)")
+    bench.add_argument("--space", default="quick", help="search space preset (default quick)")
+    bench.add_argument("--samplers", nargs="+", choices=["tpe", "random"], default=["tpe", "random"])
+    bench.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default 2)")
+    bench.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE)
+    bench.add_argument("--prefix", default="benchmark-search", help="experiment name prefix (default benchmark-search)")
+    bench.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
+    bench.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Ray results folder")
+    bench.add_argument("--log-dir", default=str(REPO / "logs" / "benchmark-search"), help="each sweep's output")
+    bench.add_argument("--plot-out", type=Path, default=None, help="also write the anytime plot here")
     predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
                              description="Score every crop in a folder; writes name, score, label (1 = spill).")
     add_store_args(predict, experiment_required=False)
@@ -156,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     predict.add_argument("--images", type=Path, required=True, help="folder of .jpg/.jpeg/.png crops")
     predict.add_argument("--out", type=Path, required=True, help="CSV to write")
+    predict.add_argument("--threshold-policy", choices=POLICY_CHOICES, default=None,
+                         help="refix the threshold on the model's validation scores with this policy "
+                              "(default: the registered threshold, fixed at promotion)")
     return parser
 
 
@@ -342,7 +369,7 @@ def new_sweep(args, experiment: str, checked: dict):
         "val_normal_fraction": str(args.val_fraction), "val_spill_fraction": str(args.val_spill_fraction),
         "split_seed": "0", "ray_experiment_path": experiment_path_of(args, experiment),
         "objective": args.objective, "score_selection": args.score_selection, "sampler": args.sampler,
-        "scheduler": args.scheduler, "seed": str(args.seed),
+        "scheduler": args.scheduler, "seed": str(args.seed), "grace_period": str(args.grace_period),
     }
     warm_trials = gather_warm_start(args, tags, perceptual)
     client, tracking = prepare_tracking(args.tracking_uri, experiment, tags)
@@ -522,13 +549,14 @@ def cmd_promote(args) -> int:
     try:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
                          args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
-                         args.parent)
+                         args.parent, args.threshold_policy, not args.no_references)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
     p = result.promoted
     print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures at the "
-          f"threshold fixed on validation, beside the sweep's seed baselines:")
+          f"threshold fixed on validation with {args.threshold_policy}, beside the sweep's seed baselines and the "
+          f"reference detectors (own_*: at each one's own stated policy):")
     print(format_comparison(result.table))
     if p.retrain_spread:
         s = p.retrain_spread
@@ -551,12 +579,37 @@ def cmd_predict(args) -> int:
         model = mlflow.pyfunc.load_model(ref)
     except mlflow.exceptions.MlflowException as exc:
         raise UsageError(f"--model: cannot load {ref} from {args.tracking_uri}: {exc.message}") from exc
+    if args.threshold_policy:
+        model.unwrap_python_model().use_policy(args.threshold_policy)
     detector = model.unwrap_python_model().detector
     frame = score_folder(model, args.images, tuple(detector["decode_size"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     print(f"wrote {args.out}: {len(frame)} crops, {int(frame['label'].sum())} flagged as spills "
-          f"(score {detector['score']} > threshold {detector['threshold']:.6g})")
+          f"(score {detector['score']} > threshold {detector['threshold']:.6g}, policy {detector['policy']})")
+    return 0
+
+
+def cmd_benchmark_search(args) -> int:
+    from analysis.benchmark_search import benchmark_search, summary_lines
+
+    if args.data is None:
+        args.data = DEFAULT_DATA
+        if not (args.data / "train").is_dir():
+            from anomaly_ae.data import make_dataset
+            make_dataset(args.data, seed=0, overwrite=True)
+    if not (Path(args.data) / "train").is_dir():
+        raise UsageError(f"--data: no train/ folder in {args.data}")
+    print(f"benchmark-search: {args.repeats} x {'/'.join(args.samplers)} sweeps of {args.budget_s:.0f}s on "
+          f"{args.data} (space {args.space}); each sweep's output in {args.log_dir}", flush=True)
+    table = benchmark_search(args)
+    if table.empty:
+        print("error: no sweep finished", file=sys.stderr)
+        return 1
+    cols = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline", "pca16",
+            "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc"]
+    print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("\n".join(summary_lines(table)))
     return 0
 
 
@@ -581,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd_list_models,
-            "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict}
+            "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
+            "benchmark-search": cmd_benchmark_search}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from analysis.sweep_runs import trial_row
-from anomaly_ae.baselines import match_baseline
+from anomaly_ae.baselines import is_seed_baseline, match_baseline
 from anomaly_ae.config import validate_config
 from search_spaces import config_from_params
 
@@ -56,10 +56,12 @@ def format_leaderboard(frame: pd.DataFrame, top: int = 10, references: pd.DataFr
 
 
 def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
-    """One line: did the searched trials beat the best seed baseline and every reference on val?"""
-    is_baseline = frame["baseline"].fillna("") != ""
-    searched = frame.loc[~is_baseline, "best_objective"].max()
-    baseline = frame.loc[is_baseline, "best_objective"].max()
+    """One line: did the searched trials beat the best seed baseline and every reference on val?
+
+    Searched trials are those the sampler proposed: neither seed baselines nor start points."""
+    enqueued = frame["baseline"].fillna("")
+    searched = frame.loc[enqueued == "", "best_objective"].max()
+    baseline = frame.loc[enqueued.map(is_seed_baseline), "best_objective"].max()
     parts = [f"best searched trial {searched:.4f}"]
     bars = []
     if baseline == baseline:  # not NaN: the sweep ran baselines

@@ -94,3 +94,22 @@ def objective_by(frame, column: str, path) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"objective by {column}", fontsize=9)
     return save(fig, path)
+
+
+def anytime_curves(curves: dict[str, list[tuple[list[float], list[float]]]], lines: dict[str, float], path,
+                   title: str = "") -> str:
+    """Best-so-far against wall time: one thin line per sweep, coloured by sampler; references as dashes."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, sweeps) in enumerate(sorted(curves.items())):
+        for j, (t, best) in enumerate(sweeps):
+            ax.step(t, best, where="post", color=colours[i % len(colours)], alpha=0.7,
+                    label=label if j == 0 else None)
+    for k, (name, value) in enumerate(sorted(lines.items())):
+        if value == value:
+            ax.axhline(value, linestyle="--", linewidth=1, color=colours[(k + 3) % len(colours)], label=name)
+    ax.set_xlabel("wall time since the sweep started (s)")
+    ax.set_ylabel("best-so-far val objective (searched trials)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
-from anomaly_ae.evaluation import test_report
+from anomaly_ae.baselines import SEED_BASELINES
+from anomaly_ae.evaluation import report_at_policies, test_report
 from anomaly_ae.training import checkpoint_payload, load_trained, train_and_validate
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
@@ -36,17 +37,23 @@ class Candidate:
     name: str
     trial_id: str
     run_id: str
-    payload: dict
+    payload: dict | None  # None for a reference detector, which has no checkpoint
     report: dict
     retrain_spread: dict = field(default_factory=dict)
+    own_policy: str = "tnr_target"  # the threshold policy the trial (or its write-up) stated
+    variant: str = ""
+    score: str = ""
+    val_objective: float = math.nan
+
+    @classmethod
+    def of_trial(cls, name: str, trial_id: str, run_id: str, payload: dict, report: dict, **kw) -> "Candidate":
+        cfg = payload["config"]
+        return cls(name, trial_id, run_id, payload, report, variant=cfg["variant"], score=cfg["score"],
+                   val_objective=float(payload["report"]["objective"]), **kw)
 
     @property
     def cfg(self) -> dict:
         return self.payload["config"]
-
-    @property
-    def val_objective(self) -> float:
-        return float(self.payload["report"]["objective"])
 
 
 def champion_rank(report: dict, tnr_target: float) -> tuple:
@@ -55,32 +62,51 @@ def champion_rank(report: dict, tnr_target: float) -> tuple:
     return (meets, report["tpr"] if meets else report["tpr"] + report["tnr"] - 1.0, report["tnr"])
 
 
-def evaluate_once(payload: dict, splits) -> dict:
-    """Rebuild the trained model; threshold from its validation scores; one pass over test."""
-    state = load_trained(payload, device=torch.device("cpu"))
-    report = test_report(state, payload["config"], splits, payload["val_scores"])
+def stated_policy(baseline: str, cfg: dict) -> str:
+    """A seed baseline's own threshold policy (dropped when it was enqueued), else the config's."""
+    return SEED_BASELINES[baseline]["threshold_policy"] if baseline in SEED_BASELINES else cfg["threshold_policy"]
+
+
+def evaluate_once(payload: dict, splits, policies: tuple[str, ...] | None = None) -> dict:
+    """Rebuild the trained model; thresholds from its validation scores; one pass over test."""
+    state = load_trained(payload)
+    report = test_report(state, payload["config"], splits, payload["val_scores"], policies)
     report.pop("test_scores")
     return report
 
 
-def retrain(cfg: dict, splits, seeds: list[int], log=print) -> tuple[dict, dict]:
-    """Retrain ``cfg`` with full passes over the train split for each seed.
+def reference_candidates(splits, policy: str, tnr_target: float, objective: str) -> list[Candidate]:
+    """The reference detectors refitted on the sweep's train split and scored once on test."""
+    from anomaly_ae.references import fit_references
+
+    out = []
+    test = torch.from_numpy(np.ascontiguousarray(splits.test))
+    for ref in fit_references(splits, tnr_target, objective):
+        report = report_at_policies(ref.val_scores["normal"], ref.val_scores["spill"], ref.score(test),
+                                    splits.test_labels, (policy,), tnr_target)
+        out.append(Candidate(f"ref:{ref.name}", "-", "-", None, report, own_policy=policy,
+                             variant=ref.description, score="-", val_objective=ref.objective))
+    return out
+
+
+def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=print) -> tuple[dict, dict]:
+    """Retrain ``cfg`` with full passes over the train split for each seed, judged by its promoted score.
 
     Validation normals stay held out: the threshold is fixed on them. Returns the
     payload of the seed with the best validation objective and the spread.
     """
     runs = []
     for seed in seeds:
-        run_cfg = {**cfg, "seed": seed, "steps_per_epoch": 0, "samples_per_epoch": 0}
+        run_cfg = {**cfg, "seed": seed, "steps_per_epoch": 0, "samples_per_epoch": 0, "score_selection": "fixed"}
         tick = time.perf_counter()
         losses = []
-        state, metrics, val_scores = train_and_validate(run_cfg, splits, torch.device("cpu"),
-                                                        on_epoch=lambda _, loss: losses.append(loss))
+        state, metrics, val_scores, verdict = train_and_validate(run_cfg, splits,
+                                                                 on_epoch=lambda _, loss: losses.append(loss))
         loss = losses[-1]
         main = metrics[run_cfg["score"]]
-        report = {"objective": main["tpr_at_tnr"], "threshold": main["threshold"], "val_auroc": main["auroc"]}
+        report = {"objective": verdict["objective"], "threshold": main["threshold"], "val_auroc": main["auroc"]}
         payload = checkpoint_payload(state, run_cfg, val_scores, report)
-        test = evaluate_once(payload, splits)
+        test = evaluate_once(payload, splits, policies)
         runs.append((payload, test))
         log(f"  retrain seed {seed}: loss {loss:.5f}, val objective {report['objective']:.4f}, "
             f"test TPR {test['tpr']:.4f} TNR {test['tnr']:.4f} ({time.perf_counter() - tick:.0f}s)")
@@ -93,16 +119,19 @@ def retrain(cfg: dict, splits, seeds: list[int], log=print) -> tuple[dict, dict]
 
 
 def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
+    """Test figures at the promotion's policy, and beside them at each candidate's own stated policy."""
     rows = []
     for c in candidates:
         r = c.report
+        own = r.get("by_policy", {}).get(c.own_policy, r)
         rows.append({
-            "config": c.name, "trial_id": c.trial_id, "variant": c.cfg["variant"], "score": c.cfg["score"],
+            "config": c.name, "trial_id": c.trial_id, "variant": c.variant, "score": c.score,
             "policy": r["policy"], "val_objective": c.val_objective,
             "test_tpr": r["tpr"], "tpr_ci": f"{r['tpr_ci'][0]:.3f}-{r['tpr_ci'][1]:.3f}",
             "test_tnr": r["tnr"], "tnr_ci": f"{r['tnr_ci'][0]:.3f}-{r['tnr_ci'][1]:.3f}",
             "TP": r["tp"], "FP": r["fp"], "TN": r["tn"], "FN": r["fn"], "test_auroc": r["auroc"],
             "threshold": r["threshold"], "oracle_tpr_at_tnr": r["oracle_tpr_at_tnr"],
+            "own_policy": c.own_policy, "own_test_tpr": own["tpr"], "own_test_tnr": own["tnr"],
         })
     return pd.DataFrame(rows)
 
@@ -220,7 +249,11 @@ class Promotion:
 
 def promote(client, tracking_uri: str, experiment: str, trial: str | None = None, retrain_seeds: list[int] = (),
             force: bool = False, model_name: str = DEFAULT_MODEL_NAME, data_dir: Path | None = None,
-            config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None, log=print) -> Promotion:
+            config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
+            threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
+            log=print) -> Promotion:
+    """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
+    TNR >= target on validation normals), beside the baselines and references; register it."""
     parent = find_parent_run(client, experiment, parent_run_id)
     frame = sweep_frame(client, parent)
     if trial is not None:
@@ -235,27 +268,44 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
         row = ok.iloc[0]
     data, splits = load_sweep_data(parent, data_dir)
+
+    def policies(baseline: str, cfg: dict) -> tuple[str, ...]:
+        own = stated_policy(baseline, cfg)
+        return (threshold_policy,) if own == threshold_policy else (threshold_policy, own)
+
     with tempfile.TemporaryDirectory() as tmp:
         payload = download_checkpoint(client, row["run_id"], Path(tmp))
+        compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
         baselines = []
-        for _, b in frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])].iterrows():
+        for _, b in compared.iterrows():
             try:
                 b_payload = download_checkpoint(client, b["run_id"], Path(tmp) / b["run_id"])
             except SweepNotFound as exc:
                 log(f"  baseline {b['baseline']} left out: {exc}")
                 continue
-            baselines.append(Candidate(b["baseline"], b["trial_id"], b["run_id"], b_payload,
-                                       evaluate_once(b_payload, splits)))
+            own = stated_policy(b["baseline"], b_payload["config"])
+            baselines.append(Candidate.of_trial(b["baseline"], b["trial_id"], b["run_id"], b_payload,
+                                                evaluate_once(b_payload, splits, policies(b["baseline"],
+                                                                                          b_payload["config"])),
+                                                own_policy=own))
     name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
+    own = stated_policy(row["baseline"], payload["config"])
     spread = {}
     if retrain_seeds:
         log(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
-        payload, spread = retrain(payload["config"], splits, list(retrain_seeds), log)
+        payload, spread = retrain(payload["config"], splits, list(retrain_seeds),
+                                  policies(row["baseline"], payload["config"]), log)
         report = spread.pop("test")
     else:
-        report = evaluate_once(payload, splits)
-    promoted = Candidate(name, row["trial_id"], row["run_id"], payload, report, spread)
-    table = comparison_table([promoted, *sorted(baselines, key=lambda c: c.name)])
+        report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]))
+    # The registered detector runs at the operating point it was evaluated at.
+    payload = {**payload, "config": {**payload["config"], "threshold_policy": threshold_policy}}
+    promoted = Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, spread, own_policy=own)
+    refs = []
+    if references:
+        refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],
+                                    parent.data.tags.get("objective", "clean"))
+    table = comparison_table([promoted, *sorted(baselines, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
     reason = champion_check(client, model_name, report, data.content_hash, promoted.cfg["tnr_target"])
     if reason and not force:
@@ -267,6 +317,6 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
 
 
 def format_comparison(table: pd.DataFrame) -> str:
-    cols = ["config", "trial_id", "variant", "score", "val_objective", "test_tpr", "tpr_ci", "test_tnr", "tnr_ci",
-            "TP", "FP", "TN", "FN", "test_auroc", "threshold"]
+    cols = ["config", "trial_id", "variant", "score", "val_objective", "policy", "test_tpr", "tpr_ci", "test_tnr",
+            "tnr_ci", "TP", "FP", "TN", "FN", "test_auroc", "threshold", "own_policy", "own_test_tpr", "own_test_tnr"]
     return table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")

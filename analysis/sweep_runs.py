@@ -91,17 +91,22 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             "best_objective": best, "objective_lo": lo, "objective_hi": hi,
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
+            "selection_bias": metrics.get("selection_bias", math.nan),
             "epochs": int(metrics.get("epoch", 0)),
             "status": "DIVERGED" if metrics.get("diverged") else run.info.status,
             "wall_s": (end - run.info.start_time) / 1000.0,
             "start_time": run.info.start_time,
             "search_params": json.loads(run.data.tags.get("search_params", "{}")),
+            "history": {int(m.step): m.value for m in history},
             **{f"param.{k}": v for k, v in cfg.items()},
         })
     if not rows:
         raise SweepNotFound(f"sweep {parent.info.run_id} has no trial runs")
     frame = pd.DataFrame(rows).sort_values("start_time")
-    # A trial restarted by a resumed sweep has a second run: keep the newest, with the best of both.
+    # A trial restarted by a resumed sweep has a second run: keep the newest, with the best of both
+    # and both objective histories.
+    merged = frame.groupby("trial_id")["history"].agg(lambda hs: {k: v for h in hs for k, v in h.items()})
+    frame["history"] = frame["trial_id"].map(merged)
     best = frame.groupby("trial_id")["best_objective"].transform("max")
     frame = frame.assign(best_objective=best).drop_duplicates("trial_id", keep="last").reset_index(drop=True)
     frame.insert(0, "trial_number", range(len(frame)))

@@ -61,6 +61,12 @@ SEED_BASELINES: dict[str, dict] = {
 
 NEEDS_PERCEPTUAL_WEIGHTS = {"seed004"}
 
+# The classical reference (anomaly_ae.references: pca16) as a trial config. Sweeps enqueue it beside
+# the seed baselines, so that TPE starts from PCA's region too and a sweep is never worse than PCA.
+PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height": 32, "image_width": 48,
+                 "normalisation": "none", "score": "mse", "threshold_policy": "tnr_target"}
+START_POINTS = {"start:pca16": PCA_REFERENCE}
+
 
 def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
     """The runnable baselines, each tagged with its name; seed004 only when weights are on disk."""
@@ -92,12 +98,24 @@ def canonical(cfg: dict) -> dict:
     return {k: v for k, v in full.items() if k not in _BUDGET_KEYS}
 
 
+def startup_configs(perceptual_available: bool) -> dict[str, dict]:
+    """What a sweep enqueues before searching: the runnable seed baselines and the PCA start point.
+
+    Each is judged by its own stated score, never counted as a searched trial."""
+    return {**baseline_configs(perceptual_available),
+            **{name: {**cfg, "baseline": name} for name, cfg in START_POINTS.items()}}
+
+
+def is_seed_baseline(name: str) -> bool:
+    return name in SEED_BASELINES
+
+
 def match_baseline(cfg: dict, perceptual_available: bool = True) -> str | None:
-    """The seed baseline this config reproduces (budget aside), or None."""
+    """The seed baseline or start point this config reproduces (budget aside), or None."""
     from anomaly_ae.config import ConfigError
 
     mine = canonical(cfg)
-    for name, base in baseline_configs(perceptual_available).items():
+    for name, base in startup_configs(perceptual_available).items():
         try:
             theirs = canonical(base)
         except ConfigError:  # seed004 without perceptual weights on disk: nothing can match it

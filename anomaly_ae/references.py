@@ -17,13 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly_ae.baselines import PCA_REFERENCE
 from anomaly_ae.config import validate_config
 from anomaly_ae.nuisance import perturb_nuisance
 from anomaly_ae.selection import score_objective
 from anomaly_ae.training import build_trial, fit_closed_form, score_images, score_summary
 
-PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height": 32, "image_width": 48,
-                 "normalisation": "none", "score": "mse", "threshold_policy": "tnr_target"}
 KNN_K, KNN_SIZE = 5, (16, 24)
 REFERENCE_NAMES = ("pca16", "knn5")
 

@@ -25,7 +25,16 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         payload = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
         self.cfg = payload["config"]
+        self.val_scores = payload["val_scores"]
         self.state = load_trained(payload)
+
+    def use_policy(self, policy: str) -> None:
+        """Refix the threshold on the stored validation scores with another policy."""
+        from anomaly_ae.thresholds import select_threshold
+
+        score = self.detector["score"]
+        self.detector = {**self.detector, "policy": policy, "threshold": select_threshold(
+            policy, self.val_scores["normal"][score], self.val_scores["spill"][score], self.detector["tnr_target"])}
 
     def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         from anomaly_ae.training import score_images

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from anomaly_ae.baselines import baseline_configs
+from anomaly_ae.baselines import baseline_configs, startup_configs
 from anomaly_ae.models import model_spec
 
 # (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
@@ -242,7 +242,9 @@ def baseline_point(cfg: dict, perceptual: bool = False) -> dict:
 
 
 def baseline_points(perceptual: bool = False) -> list[dict]:
-    return [baseline_point(cfg, perceptual) for _, cfg in sorted(baseline_configs(perceptual).items())]
+    """The enqueued startup points: the PCA start first (it takes seconds), then the seed baselines."""
+    return [baseline_point(cfg, perceptual) for _, cfg in sorted(startup_configs(perceptual).items(),
+                                                                 key=lambda kv: (kv[0].startswith("seed"), kv[0]))]
 
 
 def replay_distributions(space, params: dict) -> dict | None:

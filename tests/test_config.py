@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from anomaly_ae.baselines import SEED_BASELINES, baseline_configs, match_baseline
+from anomaly_ae.baselines import PCA_REFERENCE, SEED_BASELINES, baseline_configs, match_baseline
 from anomaly_ae.config import ConfigError, model_params, validate_config
 from anomaly_ae.models import list_models
 from search_spaces import SPACES, baseline_points, config_from_params, get_space
@@ -64,16 +64,19 @@ def test_baselines_enqueue_exactly():
     for point in baseline_points():
         study.enqueue_trial(point)
     fn = get_space("quick")
-    names = sorted(baseline_configs(False))
+    # The PCA start point first (it takes seconds), then the seed baselines.
+    names = ["start:pca16", *sorted(baseline_configs(False))]
+    stated = {**SEED_BASELINES, **{f"start:{k}": v for k, v in {"pca16": PCA_REFERENCE}.items()}}
     for name in names:
         trial = study.ask()
         constants = fn(trial)  # before reading trial.params: the space fills them
         cfg = validate_config(config_from_params({**trial.params, **constants}))
         assert match_baseline(cfg, False) == name
-        for key, value in SEED_BASELINES[name].items():
+        for key, value in stated[name].items():
             if key not in ("epochs", "threshold_policy"):
                 assert cfg[key] == value, (name, key)
         study.tell(trial, 0.1)
+    assert len(baseline_points()) == len(names)
 
 
 def test_seeds_space_gives_only_baselines():
@@ -116,3 +119,24 @@ def test_quick_space_budget_is_in_samples():
     assert cfg["samples_per_epoch"] == 768 and cfg["steps_per_epoch"] == 0
     steps_given = get_space("quick", steps_per_epoch=3)(study.ask())
     assert steps_given["steps_per_epoch"] == 3 and steps_given["samples_per_epoch"] == 0
+
+
+def test_cli_policy_choices_are_the_threshold_policies():
+    import run_search
+    from anomaly_ae.thresholds import THRESHOLD_POLICIES
+
+    assert run_search.POLICY_CHOICES == list(THRESHOLD_POLICIES)
+
+
+def test_warm_start_replay_keeps_fitting_trials_and_counts_the_rest():
+    from search_spaces import baseline_points, frozen_trials, get_space
+
+    space = get_space("quick")
+    points = baseline_points()
+    gone = {**points[0], "variant": "retired_ae"}
+    out_of_range = {**points[1], "lr": 5.0}  # points[1]: seed000, a gradient-trained variant
+    trials, skipped = frozen_trials(space, [(p, 0.5) for p in points] + [(gone, 0.1), (out_of_range, 0.2)])
+    assert len(trials) == len(points) and skipped == 2
+    assert trials[0].params["variant"] == points[0]["variant"] and trials[0].value == 0.5
+    # Only what the space suggests is kept (constants and config fields are not parameters).
+    assert "epochs" not in trials[0].params and set(trials[0].params) == set(trials[0].distributions)

@@ -112,3 +112,64 @@ def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):
                             "--images", str(tmp_path), "--out", str(tmp_path / "s.csv")])
     assert code == 2
     assert "no-such-model" in capsys.readouterr().err
+
+
+def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
+    from anomaly_ae.metrics import tnr_threshold
+
+    client = MlflowClient(tiny_sweep.uri)
+    frame = sweep_frame(client, find_parent_run(client, tiny_sweep.experiment))
+    seed001 = frame[frame["baseline"] == "seed001"].iloc[0]  # its write-up used min_anomaly
+    result = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
+                     model_name="itest-policy", config_out=tmp_path / "b.yaml", log=lambda *_: None)
+    report, payload = result.promoted.report, result.promoted.payload
+    assert report["policy"] == "tnr_target"
+    score = payload["config"]["score"]
+    assert report["threshold"] == tnr_threshold(payload["val_scores"]["normal"][score], 0.95)
+    row = result.table.iloc[0]
+    assert row["policy"] == "tnr_target" and row["own_policy"] == "min_anomaly"
+    assert row["own_test_tpr"] == report["by_policy"]["min_anomaly"]["tpr"]
+    # The registered detector runs at the operating point it was tested at.
+    version = client.get_model_version_by_alias("itest-policy", "champion")
+    assert float(version.tags["threshold"]) == pytest.approx(report["threshold"])
+    assert {"ref:pca16", "ref:knn5"} <= set(result.table["config"])
+
+
+def test_second_sweep_warm_starts_from_the_first(tiny_sweep, tmp_path, capsys):
+    """The default warm start reads the first sweep's finished trials into the new study; the new
+    trials' observations are their fan-out objectives."""
+    import json
+
+    import ray
+    from ray.tune.search.optuna import OptunaSearch
+
+    first = sweep_frame(MlflowClient(tiny_sweep.uri), find_parent_run(MlflowClient(tiny_sweep.uri),
+                                                                       tiny_sweep.experiment))
+    storage = tmp_path / "ray"
+    code = run_search.main([
+        "search", "--data", str(tiny_sweep.data), "--num-samples", "2", "--epochs", "1", "--steps-per-epoch", "2",
+        "--max-concurrent", "2", "--experiment", "itest-warm", "--tracking-uri", tiny_sweep.uri,
+        "--storage-path", str(storage), "--seed", "1", "--val-fraction", "0.2", "--no-baselines", "--no-references"])
+    ray.shutdown()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"warm start: {len(first)} trials from 1 earlier sweep(s)" in out
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(storage / "itest-warm"))
+    trials = searcher._ot_study.trials
+    assert len(trials) == len(first) + 2
+    warm = trials[:len(first)]
+    by_variant = sorted((t.params["variant"], t.value) for t in warm)
+    client = MlflowClient(tiny_sweep.uri)
+    expected = sorted((client.get_run(r).data.params["variant"], client.get_run(r).data.metrics["objective"])
+                      for r in first["run_id"])
+    assert by_variant == expected
+
+    second = sweep_frame(client, find_parent_run(client, "itest-warm"))
+    for t in trials[len(first):]:
+        run = second[second["search_params"].map(lambda p: {k: p.get(k) for k in t.params}) == t.params].iloc[0]
+        metrics = client.get_run(run["run_id"]).data.metrics
+        per_score = [v for k, v in metrics.items() if k.startswith("tpr_at_tnr_")]
+        assert t.value == metrics["objective"] == max(per_score)  # fan-out: the best score's objective
+    assert json.loads(client.get_run(second["run_id"].iloc[0]).data.tags["search_params"])["score_selection"] == "best"

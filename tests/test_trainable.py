@@ -76,3 +76,39 @@ def test_bad_config_is_refused(reports, tiny_splits):
     from anomaly_ae.config import ConfigError
     with pytest.raises(ConfigError, match="conv_ae.depthh"):
         train_autoencoder({"conv_ae.depthh": 2}, splits=tiny_splits)
+
+
+def test_fan_out_judges_by_the_best_score_and_records_it(reports, tiny_splits):
+    config = {"variant": "conv_ae", "conv_ae.base_width": 8, "epochs": 1, "steps_per_epoch": 3, "batch_size": 16,
+              "score": "mse", "seed": 1, "score_selection": "best", "objective": "worst_of_shift"}
+    train_autoencoder(config, splits=tiny_splits)
+    metrics, checkpoint = reports[-1]
+    per_score = {k[len("tpr_at_tnr_"):]: v for k, v in metrics.items()
+                 if k.startswith("tpr_at_tnr_") and not k.startswith("tpr_at_tnr_shift_")}
+    worst = {s: min(v, metrics[f"tpr_at_tnr_shift_{s}"]) for s, v in per_score.items()}
+    assert metrics["objective"] == max(worst.values()) == worst[metrics["score"]]
+    assert metrics["objective_shift"] == metrics[f"tpr_at_tnr_shift_{metrics['score']}"]
+    assert 0.0 <= metrics["selection_bias"] <= 1.0
+    with checkpoint.as_directory() as d:
+        payload = torch.load(f"{d}/checkpoint.pt", weights_only=False)
+    assert payload["config"]["score"] == metrics["score"]  # promote deploys the winning score
+
+
+def test_seed_baseline_keeps_its_own_score_under_fan_out(reports, tiny_splits):
+    from anomaly_ae.baselines import SEED_BASELINES
+    from search_spaces import baseline_point
+
+    config = {**baseline_point(SEED_BASELINES["seed000"]), "epochs": 1, "steps_per_epoch": 2,
+              "score_selection": "best", "objective": "clean"}
+    train_autoencoder(config, splits=tiny_splits)
+    metrics = reports[-1][0]
+    assert metrics["baseline"] == "seed000" and metrics["score"] == "mse"
+    assert metrics["objective"] == metrics["tpr_at_tnr_mse"] and metrics["selection_bias"] == 0.0
+
+
+def test_closed_form_variant_reports_once_and_is_final(reports, tiny_splits):
+    config = {"variant": "pca_ae", "pca_ae.n_components": 8, "epochs": 5, "score_selection": "best"}
+    train_autoencoder(config, splits=tiny_splits)
+    assert len(reports) == 1
+    metrics = reports[0][0]
+    assert metrics["epoch"] == 1 and metrics["final"] == 1 and 0.0 <= metrics["objective"] <= 1.0

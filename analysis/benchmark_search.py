@@ -1,0 +1,149 @@
+"""`run_search.py benchmark-search`: does the search beat random sampling, the baselines and the references?
+
+K sweeps with TPE and K with random sampling, interleaved (TPE seed 0, random seed 0,
+TPE seed 1, ...) so that machine noise falls on both alike, each at the same wall-clock
+budget, with the seed baselines enqueued in both and no warm start. Each sweep runs as
+its own process, as a user would run it. Then, from MLflow: each sweep's anytime curve,
+its best searched trial against the best baseline and the references, the test figures
+of its best trial, and one summary run with the table and the plot.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.sweep_runs import find_parent_run, reference_frame, sweep_frame
+from anomaly_ae.baselines import is_seed_baseline
+
+SAMPLERS = ("tpe", "random")
+
+
+def anytime_curve(frame: pd.DataFrame, start_ms: int) -> tuple[list[float], list[float]]:
+    """(seconds since the sweep started, best searched objective so far) at each searched trial's end."""
+    searched = frame[(frame["baseline"] == "") & frame["best_objective"].notna()]
+    ends = (searched["start_time"] + searched["wall_s"] * 1000 - start_ms) / 1000.0
+    order = np.argsort(ends.to_numpy())
+    t = ends.to_numpy()[order]
+    best = np.maximum.accumulate(searched["best_objective"].to_numpy()[order]) if len(order) else np.array([])
+    return t.tolist(), best.tolist()
+
+
+def sweep_summary(client, experiment: str) -> dict:
+    parent = find_parent_run(client, experiment)
+    frame = sweep_frame(client, parent)
+    refs = reference_frame(client, parent)
+    searched, baselines = frame[frame["baseline"] == ""], frame[frame["baseline"].map(is_seed_baseline)]
+    row = {
+        "experiment": experiment, "sampler": parent.data.tags.get("sampler"), "seed": int(parent.data.tags["seed"]),
+        "trials": len(frame), "searched_trials": len(searched),
+        "best_searched": searched["best_objective"].max(), "best_baseline": baselines["best_objective"].max(),
+        "selection_bias_mean": searched["selection_bias"].mean() if len(searched) else math.nan,
+    }
+    if len(searched) and searched["best_objective"].notna().any():
+        best = searched.loc[searched["best_objective"].idxmax()]
+        row.update(best_variant=best["variant"], best_score=best["score"], best_trial=best["trial_id"])
+    for _, ref in refs.iterrows():
+        row[ref["baseline"][4:]] = ref["best_objective"]
+    bars = [row["best_baseline"], *(row[r["baseline"][4:]] for _, r in refs.iterrows())]
+    row["beat_all"] = bool(row["best_searched"] > max(b for b in bars if b == b)) if row["searched_trials"] else False
+    row["curve"] = anytime_curve(frame, parent.info.start_time)
+    return row
+
+
+def run_one(args, sampler: str, seed: int, experiment: str, log) -> int:
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_search.py"), "search",
+           "--data", str(args.data), "--space", args.space, "--time-budget-s", str(args.budget_s),
+           "--num-samples", "100000", "--max-concurrent", str(args.max_concurrent), "--seed", str(seed),
+           "--sampler", sampler, "--no-warm-start", "--experiment", experiment,
+           "--tracking-uri", args.tracking_uri, "--storage-path", args.storage_path,
+           "--objective", args.objective]
+    tick = time.perf_counter()
+    with open(Path(args.log_dir) / f"{experiment}.out", "w") as out:
+        code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
+    log(f"  {experiment}: exit {code} in {time.perf_counter() - tick:.0f}s")
+    return code
+
+
+def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_name: str) -> dict:
+    from analysis.promote import promote
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = promote(client, tracking_uri, experiment, trial=trial, force=True, model_name=model_name,
+                         config_out=Path(tmp) / "best.yaml", references=False, baselines=False, log=lambda *_: None)
+    r = result.promoted.report
+    return {"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": r["auroc"]}
+
+
+def benchmark_search(args, log=print) -> pd.DataFrame:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(args.tracking_uri)
+    Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = []
+    for seed in range(args.repeats):
+        for sampler in args.samplers:
+            experiment = f"{args.prefix}-{stamp}-{sampler}-{seed}"
+            if run_one(args, sampler, seed, experiment, log) != 0:
+                log(f"  {experiment} failed; see {Path(args.log_dir) / (experiment + '.out')}")
+                continue
+            row = sweep_summary(client, experiment)
+            if row.get("best_trial"):
+                row.update(test_figures(client, args.tracking_uri, experiment, row["best_trial"],
+                                        f"{args.prefix}-{sampler}"))
+            rows.append(row)
+            log(f"    {sampler} seed {seed}: {row['trials']} trials, best searched {row['best_searched']:.4f} "
+                f"({row.get('best_variant', '-')}/{row.get('best_score', '-')}), best baseline "
+                f"{row['best_baseline']:.4f}, pca16 {row.get('pca16', math.nan):.4f}, beat all: {row['beat_all']}, "
+                f"test TPR {row.get('test_tpr', math.nan):.3f} TNR {row.get('test_tnr', math.nan):.3f}")
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        log_summary(client, args, table, stamp)
+    return table
+
+
+def summary_lines(table: pd.DataFrame) -> list[str]:
+    lines = []
+    for sampler, group in table.groupby("sampler"):
+        lines.append(f"{sampler}: median final best-so-far {group['best_searched'].median():.4f} over "
+                     f"{len(group)} sweeps; beat the best baseline and every reference in "
+                     f"{int(group['beat_all'].sum())} of {len(group)}; median test TPR "
+                     f"{group['test_tpr'].median():.3f}, TNR {group['test_tnr'].median():.3f}")
+    return lines
+
+
+def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
+    import mlflow
+
+    from analysis import plots
+
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_experiment(args.prefix)
+    curves = {s: list(g["curve"]) for s, g in table.groupby("sampler")}
+    refs = {c: table[c].median() for c in ("pca16", "knn5") if c in table}
+    lines = {**{f"ref {k} (median)": v for k, v in refs.items()},
+             "best seed baseline (median)": table["best_baseline"].median()}
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"benchmark-search-{stamp}"):
+        mlflow.log_params({"budget_s": args.budget_s, "repeats": args.repeats, "space": args.space,
+                           "data": str(args.data), "objective": args.objective})
+        for sampler, group in table.groupby("sampler"):
+            mlflow.log_metrics({f"{sampler}_median_best": group["best_searched"].median(),
+                                f"{sampler}_beat_all": int(group["beat_all"].sum()),
+                                f"{sampler}_median_test_tpr": group["test_tpr"].median(),
+                                f"{sampler}_median_test_tnr": group["test_tnr"].median()})
+        flat = table.drop(columns=["curve"])
+        flat.to_csv(Path(tmp) / "benchmark.csv", index=False)
+        plots.anytime_curves(curves, lines, Path(tmp) / "anytime.png",
+                             f"best-so-far at {args.budget_s:.0f} s per sweep, {args.repeats} repeats")
+        (Path(tmp) / "summary.txt").write_text("\n".join(summary_lines(table)) + "\n")
+        mlflow.log_artifacts(tmp)
+        if args.plot_out:
+            Path(args.plot_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.plot_out).write_bytes((Path(tmp) / "anytime.png").read_bytes())
