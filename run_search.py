@@ -68,7 +68,8 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default="quick", help="search space preset: quick, full or seeds (default quick)")
     p.add_argument("--config", type=Path, default=None,
                    help="YAML trial config (e.g. a promoted best_config.yaml) enqueued as the first trial")
-    p.add_argument("--num-samples", type=positive_int, default=12, help="trials to run (default 12)")
+    p.add_argument("--num-samples", type=positive_int, default=18,
+                   help="trials to run, the enqueued seed baselines and PCA start point included (default 18)")
     p.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default 2)")
     p.add_argument("--epochs", type=positive_int, default=None, help="epoch budget per trial (space default)")
     p.add_argument("--steps-per-epoch", type=int, default=None,

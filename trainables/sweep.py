@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 
+import optuna
 import ray
 from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
@@ -12,6 +14,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from anomaly_ae.baselines import is_seed_baseline
 from search_spaces import get_space
 from trainables.autoencoder import train_autoencoder
 
@@ -53,10 +56,10 @@ class TrialLines(tune.Callback):
         r = trial.last_result or {}
         objective = self.best_of.get(trial.trial_id, r.get("objective", float("nan")))
         baseline = r.get("baseline", "")
-        if objective == objective:  # not NaN
-            if baseline:
+        if objective == objective:  # not NaN; start points count as neither searched nor seed baseline
+            if is_seed_baseline(baseline):
                 self.best_baseline = max(self.best_baseline, objective)
-            else:
+            elif not baseline:
                 self.best_searched = max(self.best_searched, objective)
         who = f"[{baseline}]" if baseline else ""
         standings = " ".join([f"searched {self.best_searched:.3f}", f"baseline {self.best_baseline:.3f}",
@@ -106,15 +109,27 @@ def make_trainable(args, splits, tracking):
     return tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
 
 
+def startup_trials(n_points: int, max_concurrent: int) -> int:
+    """TPE's random startup, counted in finished trials.
+
+    The enqueued points (seed baselines, PCA start) and any warm-start trials are TPE's startup. The
+    first searched trial is proposed when the (points - concurrency + 1)-th point finishes, so that
+    many finished points let it be guided rather than drawn at random.
+    """
+    return max(2, n_points - max_concurrent + 1) if n_points else 10
+
+
 def make_searcher(args, space, points: list[dict], warm_trials=()):
-    # The enqueued seed baselines and any warm-start trials are TPE's startup: the searched trials
-    # after them are guided by those results instead of being drawn at random until Optuna's
-    # default 10 startup trials are done.
-    startup = max(5, len(points)) if points else 10
     if args.sampler == "random":
         sampler = RandomSampler(seed=args.seed)
     else:
-        sampler = TPESampler(seed=args.seed, n_startup_trials=startup)
+        # group=True: the space is conditional (each variant has its own parameters), and grouped
+        # multivariate TPE models each branch's parameters jointly instead of only those common to
+        # every trial, which is all Optuna 5's default multivariate TPE sees here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            sampler = TPESampler(seed=args.seed, n_startup_trials=startup_trials(len(points), args.max_concurrent),
+                                 multivariate=True, group=True)
     return WarmStartedOptunaSearch(space=space, metric="objective", mode="max", sampler=sampler,
                                    points_to_evaluate=points or None, warm_trials=warm_trials)
 
