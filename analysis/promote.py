@@ -300,7 +300,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
         report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]))
     # The registered detector runs at the operating point it was evaluated at.
     payload = {**payload, "config": {**payload["config"], "threshold_policy": threshold_policy}}
-    promoted = Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, spread, own_policy=own)
+    promoted = Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, retrain_spread=spread,
+                                  own_policy=own)
     refs = []
     if references:
         refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],

@@ -16,14 +16,15 @@ def test_analyze_frame_report_and_parent_artifacts(tiny_sweep):
     client = MlflowClient(tiny_sweep.uri)
     report = analyze(client, tiny_sweep.experiment)
     frame = report.frame
-    assert len(frame) == 3
-    assert set(frame["baseline"]) == {"seed000", "seed001", "seed002"}
+    assert len(frame) == 4
+    assert set(frame["baseline"]) == {"start:pca16", "seed000", "seed001", "seed002"}
     assert frame["best_objective"].is_monotonic_decreasing
     assert (frame["best_objective"] >= frame["final_objective"]).all()
     assert (frame["objective_lo"] <= frame["best_objective"]).all() and (frame["best_objective"] <= frame["objective_hi"]).all()
     assert set(frame["status"]) <= {"FINISHED", "KILLED"} and (frame["wall_s"] > 0).all()
     assert {"param.variant", "param.lr", "epochs"} <= set(frame.columns)
     assert "## Leaderboard" in report.markdown and "seed000" in report.markdown
+    assert "ref:pca16" in report.markdown and "## Rung fidelity" in report.markdown
     logged = {a.path for a in client.list_artifacts(report.parent_run_id, "analysis")}
     assert "analysis/report.md" in logged and "analysis/objective_over_trials.png" in logged
     assert {f"analysis/{name}" for name in report.figures} <= logged

@@ -64,19 +64,23 @@ def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
     assert tiny_sweep.code == 0
     out = tiny_sweep.out
     assert "Leaderboard" in out and "seed000" in out and "mlflow ui --backend-store-uri" in out
-    assert out.count("] ") >= 3  # one progress line per finished trial
+    assert out.count("] ") >= 4  # one progress line per finished trial
+    assert "references: pca16" in out and "val objective: best searched trial" in out
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["itest"])
     parents = runs[runs["tags.sweep"] == "parent"]
     # Trial runs carry a trial_id; promotion runs (other tests) are nested under the parent too.
     children = runs[runs["tags.trial_id"].notna()]
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == 4
     assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
     assert set(runs["status"]) <= {"FINISHED", "FAILED", "KILLED"}
     assert parents["tags.dataset_hash"].iloc[0] and parents["tags.git_commit"].iloc[0]
-    # The first three trials are the enqueued seed baselines.
-    assert set(children["tags.baseline"]) == {"seed000", "seed001", "seed002"}
+    # The first trials are the enqueued PCA start point and seed baselines; the references are runs too.
+    assert set(children["tags.baseline"]) == {"start:pca16", "seed000", "seed001", "seed002"}
+    references = runs[runs["tags.reference"].notna()] if "tags.reference" in runs else runs[:0]
+    assert set(references["tags.reference"]) == {"pca16", "knn5"}
+    assert set(references["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
     assert children["metrics.objective"].between(0, 1).all()
     client = MlflowClient(uri)
     for run_id in children["run_id"]:

@@ -10,7 +10,7 @@ import ray
 from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
 from ray.tune import CheckpointConfig, RunConfig
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -134,11 +134,23 @@ def make_searcher(args, space, points: list[dict], warm_trials=()):
                                    points_to_evaluate=points or None, warm_trials=warm_trials)
 
 
+class EnqueuedRunToEnd(ASHAScheduler):
+    """ASHA that never stops an enqueued trial (a seed baseline or the PCA start point).
+
+    They are the yardsticks the searched trials are compared with, so they run their whole budget;
+    their results still enter the rungs, so they still set the bar for searched trials.
+    """
+
+    def on_trial_result(self, tune_controller, trial, result):
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if result.get("baseline") else decision
+
+
 def make_scheduler(args, epochs: int):
     if args.scheduler == "fifo":
         return FIFOScheduler()  # every trial runs its whole budget: what the rung-fidelity measurement needs
-    return ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
-                         grace_period=min(args.grace_period, epochs), reduction_factor=2)
+    return EnqueuedRunToEnd(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
+                            grace_period=min(args.grace_period, epochs), reduction_factor=2)
 
 
 def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),

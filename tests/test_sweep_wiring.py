@@ -1,0 +1,24 @@
+"""Searcher and scheduler wiring: TPE's startup and ASHA's treatment of enqueued trials."""
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from trainables.sweep import EnqueuedRunToEnd, startup_trials
+
+
+def test_asha_never_stops_an_enqueued_trial_but_stops_a_searched_one():
+    scheduler = EnqueuedRunToEnd(time_attr="epoch", metric="objective", mode="max", max_t=4, grace_period=1,
+                                 reduction_factor=2)
+    trials = [Trial("t", config={}, stub=True) for _ in range(4)]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    decisions = [scheduler.on_trial_result(None, t, {"epoch": 1, "objective": v, "baseline": b})
+                 for t, v, b in zip(trials, [0.9, 0.95, 0.1, 0.1], ["", "", "seed000", ""])]
+    assert decisions == [TrialScheduler.CONTINUE] * 3 + [TrialScheduler.STOP]
+
+
+def test_tpe_startup_ends_when_the_first_searched_trial_is_proposed():
+    # 6 enqueued points, 2 at a time: the 7th trial is proposed when the 5th point finishes.
+    assert startup_trials(6, 2) == 5
+    assert startup_trials(6, 1) == 6
+    assert startup_trials(1, 4) == 2
+    assert startup_trials(0, 2) == 10  # nothing enqueued: Optuna's own default
