@@ -44,7 +44,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_closes_runs(tiny_data_dir,
     client = MlflowClient(uri)
 
     first = start(sweep, tmp_path / "first.log")
-    wait_for(tmp_path / "first.log", "[1/4]", first)
+    wait_for(tmp_path / "first.log", " 1/4]", first)
     time.sleep(6)  # past the next experiment-state snapshot (TUNE_GLOBAL_CHECKPOINT_S=5)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(30)
@@ -69,7 +69,7 @@ def test_kill_9_then_resume_keeps_finished_trials_and_closes_runs(tiny_data_dir,
     out = (tmp_path / "third.log").read_text()
     assert "Leaderboard" in out
     if second.returncode == 130:  # the trial count goes on from the restored trials
-        assert "[4/4]" in out and "[1/4]" not in out
+        assert " 4/4]" in out and " 1/4]" not in out
 
     runs, parents = trial_runs(client, "resume-test")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
