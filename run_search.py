@@ -557,7 +557,8 @@ def cmd_promote(args) -> int:
     p = result.promoted
     print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures at the "
           f"threshold fixed on validation with {args.threshold_policy}, beside the sweep's seed baselines and the "
-          f"reference detectors (own_*: at each one's own stated policy):")
+          f"reference detectors (own_*: at each one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold "
+          f"fixed on test itself would give at the TNR target, for reference only):")
     print(format_comparison(result.table))
     if p.retrain_spread:
         s = p.retrain_spread

@@ -319,5 +319,6 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
 
 def format_comparison(table: pd.DataFrame) -> str:
     cols = ["config", "trial_id", "variant", "score", "val_objective", "policy", "test_tpr", "tpr_ci", "test_tnr",
-            "tnr_ci", "TP", "FP", "TN", "FN", "test_auroc", "threshold", "own_policy", "own_test_tpr", "own_test_tnr"]
+            "tnr_ci", "TP", "FP", "TN", "FN", "test_auroc", "threshold", "oracle_tpr_at_tnr", "own_policy",
+            "own_test_tpr", "own_test_tnr"]
     return table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")
