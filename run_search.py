@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Ray results folder")
     bench.add_argument("--log-dir", default=str(REPO / "logs" / "benchmark-search"), help="each sweep's output")
     bench.add_argument("--plot-out", type=Path, default=None, help="also write the anytime plot here")
+    bench.add_argument("--summarize", default=None, metavar="PREFIX",
+                       help="run no sweep: rebuild the table from the finished sweeps whose experiment name starts "
+                            "with PREFIX (e.g. benchmark-search-20261125-181433)")
     predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
                              description="Score every crop in a folder; writes name, score, label (1 = spill).")
     add_store_args(predict, experiment_required=False)
@@ -593,8 +596,18 @@ def cmd_predict(args) -> int:
 
 
 def cmd_benchmark_search(args) -> int:
-    from analysis.benchmark_search import benchmark_search, summary_lines
+    from analysis.benchmark_search import benchmark_search, summarize, summary_lines
 
+    if args.summarize:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(args.tracking_uri)
+        names = sorted((e.name for e in client.search_experiments() if e.name.startswith(args.summarize)),
+                       key=lambda n: (int(n.rsplit("-", 1)[1]), n))
+        if not names:
+            raise UsageError(f"--summarize: no experiment starts with {args.summarize!r} in {args.tracking_uri}")
+        table = summarize(client, args, names, args.summarize.rsplit("-", 1)[-1])
+        return print_benchmark(table, summary_lines)
     if args.data is None:
         args.data = DEFAULT_DATA
         if not (args.data / "train").is_dir():
@@ -604,12 +617,15 @@ def cmd_benchmark_search(args) -> int:
         raise UsageError(f"--data: no train/ folder in {args.data}")
     print(f"benchmark-search: {args.repeats} x {'/'.join(args.samplers)} sweeps of {args.budget_s:.0f}s on "
           f"{args.data} (space {args.space}); each sweep's output in {args.log_dir}", flush=True)
-    table = benchmark_search(args)
+    return print_benchmark(benchmark_search(args), summary_lines)
+
+
+def print_benchmark(table, summary_lines) -> int:
     if table.empty:
         print("error: no sweep finished", file=sys.stderr)
         return 1
-    cols = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline", "pca16",
-            "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc"]
+    cols = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline",
+            "baseline_bar", "pca16", "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc"]
     print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("\n".join(summary_lines(table)))
     return 0

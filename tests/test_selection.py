@@ -114,3 +114,23 @@ def test_references_score_on_the_sweep_splits(tiny_splits):
     for ref in refs.values():
         assert len(ref.val_scores["normal"]) == len(tiny_splits.val_normal)
         assert ref.objective == min(ref.metrics["tpr_at_tnr"], ref.metrics["tpr_at_tnr_shift"])
+
+
+def test_benchmark_holds_every_sweep_to_the_best_baseline_of_any_sweep():
+    import pandas as pd
+
+    from analysis.benchmark_search import add_verdicts, anytime_curve
+
+    # Sweep 0's budget ended before its slowest baseline finished (0.448); sweep 1's did not (0.870).
+    table = pd.DataFrame({"best_searched": [0.90, 0.99, math.nan], "best_baseline": [0.448, 0.870, 0.2],
+                          "pca16": [0.974, 0.974, 0.974], "knn5": [0.84, 0.84, 0.84]})
+    out = add_verdicts(table)
+    assert list(out["baseline_bar"]) == [0.870] * 3
+    assert list(out["beat_all"]) == [False, True, False]
+
+    frame = pd.DataFrame({"baseline": ["seed000", "", "", "start:pca16", ""],
+                          "best_objective": [0.5, 0.7, 0.6, 0.97, 0.9],
+                          "start_time": [1000, 1000, 3000, 1000, 5000], "wall_s": [1.0, 4.0, 1.0, 1.0, 1.0]})
+    t, best = anytime_curve(frame, start_ms=1000)
+    assert t == [3.0, 4.0, 5.0]
+    assert best == [0.6, 0.7, 0.9]  # searched trials only, cumulative best in order of their end
