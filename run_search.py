@@ -250,9 +250,9 @@ def cmd_list_models(args) -> int:
 
     for name in list_models():
         spec = model_spec(name)
-        kind = "VAE" if spec.variational else "AE"
+        kind = "VAE" if spec.variational else "closed-form" if spec.closed_form else "AE"
         params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
-        print(f"{name:<22} seed {spec.seed:<7} {kind:<4} {params}")
+        print(f"{name:<22} seed {spec.seed:<9} {kind:<11} {params}")
     return 0
 
 

@@ -22,9 +22,13 @@ class SweepNotFound(LookupError):
 
 
 def trial_row(cfg: dict) -> dict:
-    """The config columns every leaderboard shows."""
+    """The config columns every leaderboard shows (no optimiser columns for a closed-form variant)."""
+    from anomaly_ae.models import model_spec
+
+    gradient = not model_spec(cfg["variant"]).closed_form
     return {"variant": cfg["variant"], "score": cfg["score"], "image": f"{cfg['image_height']}x{cfg['image_width']}",
-            "normalisation": cfg["normalisation"], "lr": float(cfg["lr"]), "batch_size": int(cfg["batch_size"])}
+            "normalisation": cfg["normalisation"], "lr": float(cfg["lr"]) if gradient else math.nan,
+            "batch_size": int(cfg["batch_size"]) if gradient else math.nan}
 
 
 def find_parent_run(client, experiment: str, parent_run_id: str | None = None):
