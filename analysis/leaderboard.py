@@ -15,6 +15,8 @@ def results_frame(results) -> pd.DataFrame:
     """One row per trial from a Ray ResultGrid: best and final objective, epochs, status."""
     rows = []
     for result in results:
+        if result.config is None:  # created but never started: the time budget ended first
+            continue
         history = result.metrics_dataframe
         cfg = validate_config(config_from_params(result.config))
         has_history = history is not None and "objective" in history and history["objective"].notna().any()

@@ -22,3 +22,18 @@ def test_tpe_startup_ends_when_the_first_searched_trial_is_proposed():
     assert startup_trials(6, 1) == 6
     assert startup_trials(1, 4) == 2
     assert startup_trials(0, 2) == 10  # nothing enqueued: Optuna's own default
+
+
+def test_leaderboard_skips_a_trial_the_time_budget_never_started():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analysis.leaderboard import results_frame
+
+    started = SimpleNamespace(config={"variant": "pca_ae", "pca_ae.n_components": 8, "score": "mse"},
+                              metrics_dataframe=pd.DataFrame({"objective": [0.9], "score": ["topk"]}),
+                              metrics={"objective": 0.9, "epoch": 1, "trial_id": "a"}, path="x/a", error=None)
+    never = SimpleNamespace(config=None, metrics_dataframe=None, metrics={}, path="x/b", error=None)
+    frame = results_frame([started, never])
+    assert list(frame["trial_id"]) == ["a"] and frame["score"].iloc[0] == "topk"
