@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "best-so-far against the baselines and the reference detectors; test the best "
                                        "trial of each; log it all to MLflow.")
     bench.add_argument("--data", type=Path, default=None, help=f"dataset folder (default {DEFAULT_DATA})")
-    bench.add_argument("--budget-s", type=non_negative_float, required=True, help="wall-clock seconds per sweep")
+    bench.add_argument("--budget-s", type=non_negative_float, default=None,
+                       help="wall-clock seconds per sweep (required unless --summarize)")
     bench.add_argument("--repeats", type=positive_int, default=5, help="sweeps per sampler, seeds 0..K-1 (default 5)")
     bench.add_argument("--space", default="quick", help="search space preset (default quick)")
     bench.add_argument("--samplers", nargs="+", choices=["tpe", "random"], default=["tpe", "random"])
@@ -608,6 +609,8 @@ def cmd_benchmark_search(args) -> int:
             raise UsageError(f"--summarize: no experiment starts with {args.summarize!r} in {args.tracking_uri}")
         table = summarize(client, args, names, args.summarize.rsplit("-", 1)[-1])
         return print_benchmark(table, summary_lines)
+    if args.budget_s is None:
+        raise UsageError("--budget-s: give the wall-clock seconds per sweep (or --summarize PREFIX)")
     if args.data is None:
         args.data = DEFAULT_DATA
         if not (args.data / "train").is_dir():

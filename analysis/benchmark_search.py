@@ -151,8 +151,9 @@ def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
     lines = {**{f"ref {k} (median)": v for k, v in refs.items()},
              "best seed baseline": table["baseline_bar"].max()}
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"benchmark-search-{stamp}"):
-        mlflow.log_params({"budget_s": args.budget_s, "repeats": args.repeats, "space": args.space,
-                           "data": str(args.data), "objective": args.objective})
+        mlflow.log_params({"budget_s": args.budget_s, "sweeps": len(table), "space": args.space,
+                           "data": str(args.data), "objective": args.objective,
+                           "experiments": ",".join(table["experiment"])[:6000]})
         for sampler, group in table.groupby("sampler"):
             mlflow.log_metrics({f"{sampler}_median_best": group["best_searched"].median(),
                                 f"{sampler}_beat_all": int(group["beat_all"].sum()),
@@ -160,8 +161,9 @@ def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
                                 f"{sampler}_median_test_tnr": group["test_tnr"].median()})
         flat = table.drop(columns=["curve"])
         flat.to_csv(Path(tmp) / "benchmark.csv", index=False)
+        budget = f"{args.budget_s:.0f} s per sweep, " if args.budget_s else ""
         plots.anytime_curves(curves, lines, Path(tmp) / "anytime.png",
-                             f"best-so-far at {args.budget_s:.0f} s per sweep, {args.repeats} repeats")
+                             f"best-so-far, {budget}{len(table) // max(1, table['sampler'].nunique())} repeats")
         (Path(tmp) / "summary.txt").write_text("\n".join(summary_lines(table)) + "\n")
         mlflow.log_artifacts(tmp)
         if args.plot_out:

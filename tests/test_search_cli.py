@@ -88,3 +88,11 @@ def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
         assert {"checkpoint.pt", "reconstructions.png", "score_histogram.png", "roc.png"} <= names
         history = client.get_metric_history(run_id, "objective")
         assert 1 <= len(history) <= 2
+
+
+def test_benchmark_search_needs_a_budget_or_a_prefix(tmp_path, capsys):
+    assert run_search.main(["benchmark-search", "--repeats", "1"]) == 2
+    assert "--budget-s" in capsys.readouterr().err
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert run_search.main(["benchmark-search", "--summarize", "nothing-here", "--tracking-uri", uri]) == 2
+    assert "--summarize: no experiment starts with 'nothing-here'" in capsys.readouterr().err
