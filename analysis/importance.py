@@ -1,41 +1,27 @@
 """Parameter importance of a finished sweep, with Optuna's evaluators.
 
 Ray's OptunaSearch keeps its study to itself, so the trials are replayed into a
-fresh in-memory study: each trial's sampled parameters are enqueued and the
-sweep's own define-by-run space suggests them again, which records the same
-(conditional) distributions. The value given to Optuna is the trial's best
+fresh in-memory study through the sweep's own define-by-run space, which records
+the same (conditional) distributions. The value given to Optuna is the trial's best
 objective; ASHA-stopped trials count with their shorter budget (see README).
 """
 from __future__ import annotations
 
-import logging
 import warnings
 
 import optuna
 import pandas as pd
 
-from search_spaces import get_space
+from search_spaces import frozen_trials, get_space
 
 
 def replay_study(space_name: str, perceptual: bool, trials: list[tuple[dict, float]]) -> optuna.Study:
-    """An in-memory study holding ``(search_params, value)`` trials with the space's distributions."""
-    space = get_space(space_name, perceptual)
-    values = [float(v) for _, v in trials]
+    """An in-memory study holding ``(search_params, value)`` trials with the space's distributions.
 
-    def replay(trial: optuna.Trial) -> float:
-        space(trial)
-        return values[trial.number]
-
-    optuna_logger = logging.getLogger("optuna")
-    level = optuna_logger.level
-    optuna_logger.setLevel(logging.WARNING)  # no "trial N finished" line per replayed trial
-    try:
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-        for params, _ in trials:
-            study.enqueue_trial(params, skip_if_exists=False)
-        study.optimize(replay, n_trials=len(trials))
-    finally:
-        optuna_logger.setLevel(level)
+    The same replay as a warm start (``search_spaces.frozen_trials``)."""
+    replayed, _ = frozen_trials(get_space(space_name, perceptual), trials)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.add_trials(replayed)
     return study
 
 
