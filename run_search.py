@@ -24,6 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one per checkpoint download otherwise
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per closed run otherwise
 # Snapshot the experiment state often: after a kill -9, trials started since the last
 # snapshot are lost to --resume and suggested again.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
@@ -110,6 +111,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "sweeps of this space on the same dataset content in this tracking store)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study empty")
     p.add_argument("--no-references", action="store_true", help="do not score the PCA and kNN reference detectors")
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="retries of a failed trial (a lost node, an error), each from its last checkpoint; "
+                        "-1 = unlimited (default 3)")
 
 
 def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
@@ -218,6 +222,8 @@ def validate_search_args(args) -> dict:
         raise UsageError(f"--val-spill-fraction: must be in (0, 1], got {args.val_spill_fraction}")
     if args.gpus_per_trial > 0 and args.gpus_per_trial > 1 and args.gpus_per_trial != int(args.gpus_per_trial):
         raise UsageError(f"--gpus-per-trial: fractions must be < 1, got {args.gpus_per_trial}")
+    if args.max_failures < -1:
+        raise UsageError(f"--max-failures: must be >= -1 (-1 = unlimited), got {args.max_failures}")
     if args.warm_start and args.no_warm_start:
         raise UsageError("--warm-start and --no-warm-start contradict each other; give one")
     if args.resume and (args.warm_start or args.sampler != "tpe"):
@@ -272,52 +278,6 @@ def git_commit() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def prepare_tracking(tracking_uri: str, experiment: str, tags: dict):
-    """Create the store, the experiment and the parent run on the driver, before any trial."""
-    from mlflow.tracking import MlflowClient
-
-    from trainables.autoencoder import Tracking
-
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        artifact_location = None
-        if tracking_uri.startswith("sqlite:///"):
-            root = Path(tracking_uri[len("sqlite:///"):]).parent / "artifacts" / experiment
-            artifact_location = root.resolve().as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    else:
-        experiment_id = exp.experiment_id
-    parent = client.create_run(experiment_id, tags={"mlflow.runName": f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                                    "sweep": "parent", **tags})
-    return client, Tracking(tracking_uri, experiment_id, parent.info.run_id)
-
-
-def close_leftover_runs(client, tracking, reason: str = "scheduler") -> int:
-    """Trials torn down by the scheduler (or an interruption) may leave their run RUNNING; mark those KILLED."""
-    from mlflow.entities import ViewType
-
-    runs = client.search_runs([tracking.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'",
-                              run_view_type=ViewType.ACTIVE_ONLY, max_results=10_000)
-    closed = 0
-    for run in runs:
-        if run.info.status in ("RUNNING", "SCHEDULED"):
-            client.set_tag(run.info.run_id, "stopped_by", reason)
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed += 1
-    return closed
-
-
-def end_sweep(client, tracking, status: str, reason: str = "scheduler") -> int:
-    """Close the runs trials left open, then the parent run; returns how many trial runs were closed."""
-    closed = close_leftover_runs(client, tracking, reason)
-    client.set_terminated(tracking.parent_run_id, status)
-    return closed
 
 
 def find_perceptual() -> bool:
@@ -377,35 +337,29 @@ def new_sweep(args, experiment: str, checked: dict):
         "scheduler": args.scheduler, "seed": str(args.seed), "grace_period": str(args.grace_period),
     }
     warm_trials = gather_warm_start(args, tags, perceptual)
-    client, tracking = prepare_tracking(args.tracking_uri, experiment, tags)
+    from anomaly_ae.tracking import SweepRun
+
+    sweep = SweepRun.create(args.tracking_uri, experiment, tags)
     references = {}
     if not args.no_references:
-        references = score_references(client, tracking, splits, args)
+        references = score_references(sweep, splits, args)
     from trainables.sweep import run_sweep
 
-    return client, tracking, lambda: run_sweep(args, splits, tracking, points, perceptual, warm_trials, references)
+    return sweep, lambda: run_sweep(args, splits, sweep.tracking, points, perceptual, warm_trials, references)
 
 
-def score_references(client, tracking, splits, args) -> dict[str, float]:
+def score_references(sweep, splits, args) -> dict[str, float]:
     """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
-    from mlflow.entities import Metric, Param
-
     from anomaly_ae.references import fit_references
 
     refs = fit_references(splits, args.tnr_target, args.objective)
-    now = int(time.time() * 1000)
     for ref in refs:
-        run = client.create_run(tracking.experiment_id, tags={
-            "mlflow.parentRunId": tracking.parent_run_id, "mlflow.runName": f"reference·{ref.name}",
-            "reference": ref.name, "sweep": "reference"})
         metrics = {"objective": ref.objective, "val_auroc": ref.metrics["auroc"], "val_pauroc": ref.metrics["pauroc"],
                    "tpr_at_tnr": ref.metrics["tpr_at_tnr"], "threshold": ref.metrics["threshold"],
                    "fit_seconds": ref.fit_seconds}
         if "tpr_at_tnr_shift" in ref.metrics:
             metrics["objective_shift"] = ref.metrics["tpr_at_tnr_shift"]
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                         params=[Param("description", ref.description)])
-        client.set_terminated(run.info.run_id, "FINISHED")
+        sweep.log_reference(ref.name, ref.description, metrics)
     print("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs), flush=True)
     return {r.name: r.objective for r in refs}
 
@@ -441,10 +395,10 @@ def resumed_sweep(args, experiment: str):
     """Reopen the interrupted sweep's parent run; its dataset must be unchanged."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.sweep_runs import find_parent_run, load_sweep_data
-    from trainables.autoencoder import Tracking
     from ray import tune
 
+    from analysis.sweep_runs import find_parent_run, load_sweep_data
+    from anomaly_ae.tracking import SweepRun
     from trainables.sweep import resume_sweep
 
     if not tune.Tuner.can_restore(experiment_path_of(args, experiment)):
@@ -455,15 +409,11 @@ def resumed_sweep(args, experiment: str):
     args.space = parent.data.tags.get("space", args.space)
     args.num_samples = int(parent.data.tags.get("num_samples", args.num_samples))
     _, splits = load_sweep_data(parent, args.data)
-    tracking = Tracking(args.tracking_uri, parent.info.experiment_id, parent.info.run_id)
-    # Trials cut off by the interruption left their runs open; a resumed trial gets a new run.
-    closed = close_leftover_runs(client, tracking, reason="interrupted")
-    client.update_run(parent.info.run_id, status="RUNNING")
-    resumes = int(parent.data.tags.get("resumed", "0")) + 1
-    client.set_tag(parent.info.run_id, "resumed", str(resumes))
+    # Runs the interruption cut off are marked KILLED; a resumed trial reopens its own run.
+    sweep, closed = SweepRun.reopen(args.tracking_uri, parent)
     print(f"resuming sweep {experiment!r} (parent run {parent.info.run_id}); {closed} interrupted run(s) "
           f"marked KILLED", flush=True)
-    return client, tracking, lambda: resume_sweep(args, splits, tracking, experiment_path_of(args, experiment))
+    return sweep, lambda: resume_sweep(args, splits, sweep.tracking, experiment_path_of(args, experiment))
 
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
@@ -499,33 +449,33 @@ def cmd_search(args) -> int:
 
     optuna.logging.disable_default_handler()
     log_path = route_library_logs(REPO / "logs" / f"search-{experiment}.log")
-    client, tracking, fit = resumed_sweep(args, experiment) if args.resume else new_sweep(args, experiment, checked)
+    sweep, fit = resumed_sweep(args, experiment) if args.resume else new_sweep(args, experiment, checked)
     from trainables.sweep import was_interrupted
 
     try:
         results = fit()
     except BaseException as exc:
-        end_sweep(client, tracking, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", "interrupted")
+        sweep.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     if was_interrupted(results, args.num_samples, args.time_budget_s):
-        closed = end_sweep(client, tracking, "KILLED", "interrupted")
+        closed = sweep.end("KILLED")
         print(f"\ninterrupted: {len(results)} trial(s) recorded, {closed} run(s) marked KILLED. Resume with:\n"
               f"  {resume_command(args, experiment)}", flush=True)
         return 130
-    closed = end_sweep(client, tracking, "FINISHED")
 
-    from analysis.leaderboard import format_leaderboard, results_frame, search_verdict
+    from analysis.leaderboard import format_leaderboard, leaderboard_rows, results_frame, search_verdict, summary_metrics
     from analysis.sweep_runs import reference_frame
     frame = results_frame(results)
-    references = reference_frame(client, client.get_run(tracking.parent_run_id))
+    references = reference_frame(sweep.client, sweep.client.get_run(sweep.run_id))
+    sweep.summarise(leaderboard_rows(frame, len(frame), references), summary_metrics(frame))
+    # Trials the time budget cut off ran as told: they end FINISHED, like those ASHA stopped.
+    sweep.end("FINISHED", "FINISHED", "time_budget" if args.time_budget_s else "sweep_end")
     print()
     print(format_leaderboard(frame, references=references))
     print(search_verdict(frame, references))
-    if closed:
-        print(f"\n({closed} run(s) stopped early by ASHA were marked KILLED in MLflow)")
-    print(f"\nMLflow experiment {experiment!r}, parent run {tracking.parent_run_id}")
-    # MLflow 3 otherwise opens a GenAI overview; sorted so that the best trial is the first row.
-    runs_page = f"#/experiments/{tracking.experiment_id}/runs?orderByKey=metrics.%60objective%60&orderByAsc=false"
+    print(f"\nMLflow experiment {experiment!r}, parent run {sweep.run_id}")
+    # This sweep's runs, best objective first, with the telling columns (a view kept in the experiment).
+    runs_page = sweep.runs_page
     if args.tracking_uri.startswith(("http://", "https://")):
         print(f"the sweep's runs:  {args.tracking_uri.rstrip('/')}/{runs_page}")
     else:
@@ -647,8 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001
         from analysis.sweep_runs import SweepNotFound
+        from anomaly_ae.checkpoints import UntrustedCheckpoint
         from anomaly_ae.data import DatasetError
-        if isinstance(exc, (DatasetError, SweepNotFound)):
+        if isinstance(exc, (DatasetError, SweepNotFound, UntrustedCheckpoint)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

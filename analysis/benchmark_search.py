@@ -140,32 +140,28 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
 
 
 def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
-    import mlflow
-
     from analysis import plots
+    from anomaly_ae.tracking import log_summary_run
 
-    mlflow.set_tracking_uri(args.tracking_uri)
-    mlflow.set_experiment(args.prefix)
     curves = {s: list(g["curve"]) for s, g in table.groupby("sampler")}
     refs = {c: table[c].median() for c in ("pca16", "knn5") if c in table}
     lines = {**{f"ref {k} (median)": v for k, v in refs.items()},
              "best seed baseline": table["baseline_bar"].max()}
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"benchmark-search-{stamp}"):
-        mlflow.log_params({"budget_s": args.budget_s, "sweeps": len(table), "space": args.space,
-                           "data": str(args.data), "objective": args.objective,
-                           "experiments": ",".join(table["experiment"])[:6000]})
-        for sampler, group in table.groupby("sampler"):
-            mlflow.log_metrics({f"{sampler}_median_best": group["best_searched"].median(),
-                                f"{sampler}_beat_all": int(group["beat_all"].sum()),
-                                f"{sampler}_median_test_tpr": group["test_tpr"].median(),
-                                f"{sampler}_median_test_tnr": group["test_tnr"].median()})
-        flat = table.drop(columns=["curve"])
-        flat.to_csv(Path(tmp) / "benchmark.csv", index=False)
+    metrics = {}
+    for sampler, group in table.groupby("sampler"):
+        metrics.update({f"{sampler}_median_best": group["best_searched"].median(),
+                        f"{sampler}_beat_all": int(group["beat_all"].sum()),
+                        f"{sampler}_median_test_tpr": group["test_tpr"].median(),
+                        f"{sampler}_median_test_tnr": group["test_tnr"].median()})
+    with tempfile.TemporaryDirectory() as tmp:
+        table.drop(columns=["curve"]).to_csv(Path(tmp) / "benchmark.csv", index=False)
         budget = f"{args.budget_s:.0f} s per sweep, " if args.budget_s else ""
         plots.anytime_curves(curves, lines, Path(tmp) / "anytime.png",
                              f"best-so-far, {budget}{len(table) // max(1, table['sampler'].nunique())} repeats")
         (Path(tmp) / "summary.txt").write_text("\n".join(summary_lines(table)) + "\n")
-        mlflow.log_artifacts(tmp)
+        params = {"budget_s": args.budget_s, "sweeps": len(table), "space": args.space, "data": str(args.data),
+                  "objective": args.objective, "experiments": ",".join(table["experiment"])}
+        log_summary_run(args.tracking_uri, args.prefix, f"benchmark-search-{stamp}", params, metrics, tmp)
         if args.plot_out:
             Path(args.plot_out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.plot_out).write_bytes((Path(tmp) / "anytime.png").read_bytes())

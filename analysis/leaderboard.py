@@ -80,3 +80,12 @@ def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) 
     else:
         verdict = "the search did NOT beat all of them"
     return "val objective: " + ", ".join(parts) + f" -> {verdict}"
+
+
+def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """The sweep's outcome for its parent run: the leaderboard's top row, the best seed baseline and searched trial."""
+    enqueued = frame["baseline"].fillna("")
+    best = frame["best_objective"]
+    return {"best_objective": best.max(), "best_searched_objective": best[enqueued == ""].max(),
+            "best_baseline_objective": best[enqueued.map(is_seed_baseline)].max(), "trials_total": len(frame),
+            "trials_ok": int((frame["status"] == "OK").sum())}

@@ -201,41 +201,29 @@ def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -
 
 def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
              decode_size: tuple[int, int], dataset_hash: str, config_path: Path):
-    """Log the detector as a pyfunc model in a promotion run, register it, set the alias."""
-    import mlflow
-
-    from anomaly_ae.serving import DETECTOR_FILE, ProlivDetector
+    """Log the detector as a pyfunc model (from code) in a promotion run, register it, set the alias."""
+    from anomaly_ae.checkpoints import MODEL_FILE, save_checkpoint
+    from anomaly_ae.serving import DETECTOR_FILE
+    from anomaly_ae.tracking import register_detector
 
     r = promoted.report
-    mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        torch.save(promoted.payload, folder / "checkpoint.pt")
+        save_checkpoint(folder / MODEL_FILE, promoted.payload, with_optimizer=False)
         (folder / DETECTOR_FILE).write_text(json.dumps({
             "score": promoted.cfg["score"], "threshold": r["threshold"], "policy": r["policy"],
             "tnr_target": promoted.cfg["tnr_target"], "decode_size": list(decode_size)}, indent=2))
         (folder / "test_report.md").write_text(markdown)
-        tags = {"mlflow.parentRunId": parent.info.run_id, "sweep": "promotion",
-                "mlflow.runName": f"promote-{promoted.trial_id}", "promoted_trial": promoted.trial_id}
-        with mlflow.start_run(experiment_id=parent.info.experiment_id, tags=tags) as run:
-            mlflow.log_params({"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"],
-                               "threshold": r["threshold"]})
-            mlflow.log_metrics({"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": r["auroc"]})
-            mlflow.log_artifact(str(folder / "test_report.md"))
-            mlflow.log_artifact(str(config_path))
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=ProlivDetector(),
-                artifacts={"checkpoint": str(folder / "checkpoint.pt"), "detector": str(folder / DETECTOR_FILE)},
-                pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "mlflow", "pandas", "numpy"],
-            )
-        version = mlflow.register_model(info.model_uri, model_name, tags={
-            "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "promotion_run_id": run.info.run_id,
-            "dataset_hash": dataset_hash, "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}",
-            "test_auroc": f"{r['auroc']:.6f}", "threshold": f"{r['threshold']:.9g}", "score": promoted.cfg["score"],
-        })
-    client.update_model_version(model_name, version.version, description=markdown)
-    client.set_registered_model_alias(model_name, CHAMPION, version.version)
-    return version
+        return register_detector(
+            tracking_uri, parent, name=f"promote·{promoted.trial_id}", trial_id=promoted.trial_id,
+            params={"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"], "threshold": r["threshold"]},
+            metrics={"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": r["auroc"]},
+            files=[folder / "test_report.md", Path(config_path)], decode_size=tuple(decode_size),
+            model_artifacts={"checkpoint": str(folder / MODEL_FILE), "detector": str(folder / DETECTOR_FILE)},
+            model_name=model_name, description=markdown, alias=CHAMPION, version_tags={
+                "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "dataset_hash": dataset_hash,
+                "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}", "test_auroc": f"{r['auroc']:.6f}",
+                "threshold": f"{r['threshold']:.9g}", "score": promoted.cfg["score"]})
 
 
 @dataclass

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE
+from anomaly_ae.tracking import log_sweep_report
 from analysis.importance import param_importances
 from analysis.fidelity import asha_rungs, rung_fidelity
 from analysis.leaderboard import leaderboard_rows, search_verdict
@@ -133,7 +135,9 @@ def analyze(client, experiment: str, parent_run_id: str | None = None, top: int 
         lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
         markdown = "\n".join(lines) + "\n"
         (folder / "report.md").write_text(markdown)
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        for name in (MODEL_FILE, CHECKPOINT_FILE):
+            (folder / name).unlink(missing_ok=True)
         if log:
-            client.log_artifacts(parent.info.run_id, tmp, REPORT_DIR)
+            log_sweep_report(client.tracking_uri, parent.info.run_id, tmp, REPORT_DIR,
+                             {"analysis_report": f"{REPORT_DIR}/report.md"})
     return SweepReport(frame, importances, markdown, parent.info.run_id, [Path(f).name for f in figures])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from anomaly_ae.metrics import clopper_pearson
+from anomaly_ae.tracking import run_metric
 
 # Columns shared with the Ray-side frame (analysis.leaderboard.results_frame).
 KEY_PARAMS = ("image", "normalisation", "lr", "batch_size")
@@ -95,9 +96,9 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             "best_objective": best, "objective_lo": lo, "objective_hi": hi,
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
-            "selection_bias": metrics.get("selection_bias", math.nan),
-            "epochs": int(metrics.get("epoch", 0)),
-            "status": "DIVERGED" if metrics.get("diverged") else run.info.status,
+            "selection_bias": run_metric(run, "selection_bias"),
+            "epochs": int(run_metric(run, "epoch", 0)),
+            "status": "DIVERGED" if run_metric(run, "diverged", 0) else run.info.status,
             "wall_s": (end - run.info.start_time) / 1000.0,
             "start_time": run.info.start_time,
             "search_params": json.loads(run.data.tags.get("search_params", "{}")),
@@ -133,16 +134,15 @@ def load_sweep_data(parent, data_dir: Path | None):
 
 
 def download_checkpoint(client, run_id: str, dst: Path) -> dict:
-    """The trial's best-epoch checkpoint payload (weights, config, preprocessing, val scores)."""
-    import torch
-
-    from trainables.autoencoder import CHECKPOINT_FILE
+    """The trial's best-epoch model (weights, config, preprocessing, val scores), loaded without running code."""
+    from anomaly_ae.checkpoints import MODEL_FILE, load_checkpoint
 
     names = {a.path for a in client.list_artifacts(run_id)}
-    if CHECKPOINT_FILE not in names:
-        raise SweepNotFound(f"run {run_id} has no {CHECKPOINT_FILE} artifact (it ended before its first evaluation)")
-    path = client.download_artifacts(run_id, CHECKPOINT_FILE, str(dst))
-    return torch.load(path, map_location="cpu", weights_only=False)
+    if MODEL_FILE not in names:
+        raise SweepNotFound(f"run {run_id} has no {MODEL_FILE} artifact (it ended before its first evaluation, "
+                            f"or an older version of the harness wrote it)")
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    return load_checkpoint(client.download_artifacts(run_id, MODEL_FILE, str(dst)))
 
 
 def reference_frame(client, parent) -> pd.DataFrame:
@@ -195,6 +195,7 @@ def earlier_observations(client, tags: dict, experiments: list[str] | None = Non
     observations = []
     for parent in parents:
         for run in trial_runs(client, parent):
+            # ASHA-stopped trials end FINISHED; sweeps of older versions marked them KILLED.
             finished = run.info.status == "FINISHED" or (
                 run.info.status == "KILLED" and run.data.tags.get("stopped_by") == "scheduler")
             value = run.data.metrics.get("objective")

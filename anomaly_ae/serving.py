@@ -1,7 +1,8 @@
 """The promoted detector as an MLflow pyfunc model, and scoring a folder of crops with it.
 
-The registered model's artifacts are the trial checkpoint (weights, config,
-preprocessing, validation score distributions) and ``detector.json`` (the score
+The registered model is logged as code (``detector_model.py``); its artifacts are the trial's
+``model.pt`` (weights, config, preprocessing, validation score distributions; tensors and plain
+types only) and ``detector.json`` (the score
 type, the threshold fixed on validation, the decode size). ``predict`` takes
 uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
 """
@@ -20,9 +21,10 @@ DETECTOR_FILE = "detector.json"
 
 class ProlivDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from anomaly_ae.checkpoints import load_checkpoint
         from anomaly_ae.training import load_trained
 
-        payload = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=False)
+        payload = load_checkpoint(context.artifacts["checkpoint"])
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
         self.cfg = payload["config"]
         self.val_scores = payload["val_scores"]

@@ -171,6 +171,6 @@ def test_second_sweep_warm_starts_from_the_first(tiny_sweep, tmp_path, capsys):
     for t in trials[len(first):]:
         run = second[second["search_params"].map(lambda p: {k: p.get(k) for k in t.params}) == t.params].iloc[0]
         metrics = client.get_run(run["run_id"]).data.metrics
-        per_score = [v for k, v in metrics.items() if k.startswith("tpr_at_tnr_")]
+        per_score = [v for k, v in metrics.items() if k.startswith("by_score/") and k.endswith("/tpr_at_tnr")]
         assert t.value == metrics["objective"] == max(per_score)  # fan-out: the best score's objective
     assert json.loads(client.get_run(second["run_id"].iloc[0]).data.tags["search_params"])["score_selection"] == "best"

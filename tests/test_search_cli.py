@@ -85,9 +85,47 @@ def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
     client = MlflowClient(uri)
     for run_id in children["run_id"]:
         names = {a.path for a in client.list_artifacts(run_id)}
-        assert {"checkpoint.pt", "reconstructions.png", "score_histogram.png", "roc.png"} <= names
+        # MLflow keeps the best epoch's weights without optimizer state; Ray keeps what resume needs.
+        assert {"model.pt", "reconstructions.png", "score_histogram.png", "roc.png"} <= names
+        assert "checkpoint.pt" not in names
         history = client.get_metric_history(run_id, "objective")
         assert 1 <= len(history) <= 2
+
+
+@pytest.mark.integration
+def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
+    """What a user sees in the UI, read through MlflowClient: names, statuses, the parent's summary."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.leaderboard import results_frame  # noqa: F401  (the leaderboard's own frame is Ray-side)
+    from analysis.sweep_runs import find_parent_run, sweep_frame
+
+    client = MlflowClient(tiny_sweep.uri)
+    parent = find_parent_run(client, "itest")
+    assert parent.info.run_name.startswith("itest·quick·")
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    trials = [r for r in client.search_runs([exp.experiment_id], "tags.trial_id != ''")]
+    assert len(trials) == 4
+    for run in trials:
+        tags = run.data.tags
+        assert run.info.run_name.startswith(f"{tags['baseline']}·{tags['variant']}·") if tags["baseline"] else \
+            run.info.run_name.startswith(f"{tags['variant']}·")
+        if "stopped_by" in tags:
+            assert run.info.status == "FINISHED" and int(tags["stopped_at_epoch"]) >= 1
+        # Per-score figures sit in their own chart section; the objective stays in front.
+        keys = set(run.data.metrics)
+        assert "objective" in keys and "trial/epoch" in keys
+        assert any(k.startswith("by_score/") and k.endswith("/tpr_at_tnr") for k in keys)
+        assert not any(k.startswith("tpr_at_tnr_") for k in keys)
+    best_so_far = client.get_metric_history(parent.info.run_id, "best_so_far")
+    assert sorted(m.step for m in best_so_far) == [1, 2, 3, 4]
+    frame = sweep_frame(client, parent)
+    top = frame["best_objective"].max()
+    assert parent.data.metrics["best_objective"] == pytest.approx(top)
+    assert max(best_so_far, key=lambda m: m.step).value == pytest.approx(top)
+    assert {"reference_pca16_objective", "reference_knn5_objective", "trials_finished"} <= set(parent.data.metrics)
+    assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
 def test_benchmark_search_needs_a_budget_or_a_prefix(tmp_path, capsys):

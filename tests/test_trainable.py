@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import trainables.autoencoder as trainable_module
+from anomaly_ae.checkpoints import load_checkpoint
 from trainables.autoencoder import train_autoencoder
 
 
@@ -40,7 +41,7 @@ def test_reports_every_epoch_with_stable_keys_and_checkpoint(reports, tiny_split
     assert 0.0 <= metrics["objective"] <= 1.0 and math.isfinite(metrics["train_loss"])
     import torch
     with reports[-1][1].as_directory() as d:
-        payload = torch.load(f"{d}/checkpoint.pt", weights_only=False)
+        payload = load_checkpoint(f"{d}/checkpoint.pt")
     assert payload["config"]["score"] == "topk" and payload["epoch"] == 3
     assert set(payload["val_scores"]) == {"normal", "spill"}
     assert len(payload["val_scores"]["spill"]["topk"]) == len(tiny_splits.val_spill)
@@ -90,7 +91,7 @@ def test_fan_out_judges_by_the_best_score_and_records_it(reports, tiny_splits):
     assert metrics["objective_shift"] == metrics[f"tpr_at_tnr_shift_{metrics['score']}"]
     assert 0.0 <= metrics["selection_bias"] <= 1.0
     with checkpoint.as_directory() as d:
-        payload = torch.load(f"{d}/checkpoint.pt", weights_only=False)
+        payload = load_checkpoint(f"{d}/checkpoint.pt")
     assert payload["config"]["score"] == metrics["score"]  # promote deploys the winning score
 
 

@@ -3,16 +3,15 @@
 It validates the sampled config, trains the chosen variant, and after every
 ``eval_every`` epochs reports one dict with stable keys whose ``objective`` is
 the TNR-constrained TPR of the trial's score on the validation split.
-Each trial also writes one MLflow child run under the sweep's parent run.
+Each trial also writes one MLflow child run under the sweep's parent run (anomaly_ae.tracking),
+continued by trial id when Ray retries the trial on another node.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +19,19 @@ import torch
 from ray import tune
 
 from anomaly_ae.baselines import match_baseline
+from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
 from anomaly_ae.config import validate_config
 from anomaly_ae.data import Splits
 from anomaly_ae.models import model_spec
+from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
+from anomaly_ae.tracking import Tracking, TrackingUnavailable, TrialRun, trial_run_name
 from anomaly_ae.training import (
     DivergedError, build_trial, checkpoint_payload, evaluate, judge, nuisance_split, score_images, train_one_epoch,
 )
 from search_spaces import config_from_params
 
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class Tracking:
-    """Where a trial logs: set on the driver, which creates the experiment and parent run."""
-
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-
-
-def flatten_params(cfg: dict) -> dict[str, str]:
-    return {k: str(v) for k, v in sorted(cfg.items())}
+# How long a trial being torn down (stopped by the scheduler) waits for its queued MLflow writes.
+TEARDOWN_FLUSH_S = 30.0
 
 
 def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, seconds: float) -> dict:
@@ -70,61 +60,10 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, se
     return report
 
 
-class TrialRun:
-    """The trial's MLflow child run; a no-op when the trial runs without tracking."""
-
-    def __init__(self, tracking: Tracking | None, cfg: dict, trial_name: str, trial_id: str,
-                 search_params: dict | None = None):
-        self.client = self.run_id = None
-        self.ended = False
-        if tracking is None:
-            return
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking.tracking_uri)
-        tags = {"mlflow.parentRunId": tracking.parent_run_id, "mlflow.runName": trial_name,
-                "trial_id": trial_id, "variant": cfg["variant"], "score": cfg["score"],
-                "baseline": cfg["baseline"] or "",
-                # The sampler's own parameter names, so analysis can replay the trials into a study.
-                "search_params": json.dumps(search_params or {}, sort_keys=True)}
-        self.run_id = self.client.create_run(tracking.experiment_id, tags=tags).info.run_id
-        params = flatten_params(cfg)
-        from mlflow.entities import Param
-        self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()])
-
-    def log_metrics(self, report: dict, step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in report.items()
-                   if isinstance(v, (int, float)) and math.isfinite(float(v))]
-        self.client.log_batch(self.run_id, metrics=metrics)
-
-    def set_tag(self, key: str, value: str) -> None:
-        if self.client is not None:
-            self.client.set_tag(self.run_id, key, value)
-
-    def log_artifacts(self, folder: str) -> None:
-        if self.client is not None:
-            self.client.log_artifacts(self.run_id, folder)
-
-    def end(self, status: str, **tags) -> None:
-        """Set a terminal status once; later calls are no-ops."""
-        if self.client is None or self.ended:
-            return
-        self.ended = True
-        for k, v in tags.items():
-            self.client.set_tag(self.run_id, k, str(v))
-        self.client.set_terminated(self.run_id, status)
-
-
 def write_trial_artifacts(folder: Path, state, cfg: dict, splits_tensors, val_scores: dict, report: dict,
                           payload: dict) -> None:
-    """Checkpoint, reconstruction grid, score histogram and ROC of the best epoch so far."""
-    from analysis.plots import reconstruction_grid, roc_plot, score_histogram
-
-    torch.save(payload, folder / CHECKPOINT_FILE)
+    """What MLflow keeps of the best epoch so far: weights without optimizer state, and the plots."""
+    save_checkpoint(folder / MODEL_FILE, payload, with_optimizer=False)
     _, normal_pairs = score_images(state, cfg, splits_tensors["val_normal"][:8], keep_recon=8)
     _, spill_pairs = score_images(state, cfg, splits_tensors["val_spill"][:8], keep_recon=8)
     reconstruction_grid(normal_pairs, spill_pairs, folder / "reconstructions.png")
@@ -134,12 +73,11 @@ def write_trial_artifacts(folder: Path, state, cfg: dict, splits_tensors, val_sc
     roc_plot(normal, spill, folder / "roc.png")
 
 
-def _trial_identity() -> tuple[str, str]:
+def _trial_identity() -> str:
     try:
-        ctx = tune.get_context()
-        return ctx.get_trial_name() or "local", ctx.get_trial_id() or "local"
+        return tune.get_context().get_trial_id() or "local"
     except Exception:  # noqa: BLE001 - called outside a Tune session (unit tests)
-        return "local", "local"
+        return "local"
 
 
 def current_node_id() -> str:
@@ -158,25 +96,23 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
     if cfg["baseline"]:
         cfg["score_selection"] = "fixed"  # a baseline is judged by the score its write-up used
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    name, trial_id = _trial_identity()
-    run = TrialRun(tracking, cfg, name, trial_id, config)
-    status = "KILLED"  # stays so if the scheduler stops us inside tune.report
+    trial_id = _trial_identity()
+    # Retried on another node or resumed, the trial reopens its own run (found by trial id).
+    run = TrialRun(tracking, cfg, trial_id, config)
     try:
         _train(cfg, splits, run)
-        status = "FINISHED"
     except DivergedError as exc:
-        status = "FAILED"
-        run.end(status, failure=f"diverged: {exc}")
-        return
+        run.end("FAILED", failure=f"diverged: {exc}")
+    except TrackingUnavailable:
+        raise  # nothing more can be written; Ray records the error (and retries the trial, if allowed)
     except Exception as exc:
-        status = "FAILED"
-        run.end(status, failure=f"{type(exc).__name__}: {exc}"[:5000])
+        run.end("FAILED", failure=f"{type(exc).__name__}: {exc}"[:5000])
         raise
-    finally:
-        if status == "KILLED":
-            run.end("KILLED", stopped_by="scheduler")
-        elif status == "FINISHED":
-            run.end("FINISHED")
+    except BaseException:
+        # SystemExit inside tune.report: the scheduler stopped the trial, or the user interrupted the
+        # sweep. The driver knows which, and closes the run (FINISHED with stopped_by=asha, or KILLED).
+        run.flush(TEARDOWN_FLUSH_S)
+        raise
 
 
 def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
@@ -185,27 +121,27 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(splits, k))).to(dev)
                for k in ("train", "val_normal", "val_spill")}
     shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
-    start_epoch = 0
+    start_epoch, best = 0, -math.inf
     resumed = tune.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
-            payload = torch.load(Path(d) / CHECKPOINT_FILE, map_location=dev, weights_only=False)
+            payload = load_checkpoint(Path(d) / CHECKPOINT_FILE, map_location=dev)
         state.model.load_state_dict(payload["model_state"])
         if state.optimizer is not None:
             state.optimizer.load_state_dict(payload["optimizer_state"])
         state.epoch = start_epoch = payload["epoch"]
+        best = payload.get("best_objective", -math.inf)
     # A closed-form variant is fitted once: one report, then the trial is done.
     last_epoch = 1 if model_spec(cfg["variant"]).closed_form else cfg["epochs"]
-    best = -math.inf
     node_id = current_node_id()
-    run.set_tag("node_id", node_id)
+    run.set_tags(node_id=node_id)
     for epoch in range(start_epoch + 1, last_epoch + 1):
         tick = time.perf_counter()
         try:
             train_loss = train_one_epoch(state, cfg, tensors["train"])
         except DivergedError:
             # Report a worst-case objective (never NaN: ASHA and Optuna would not learn from it).
-            run.log_metrics({"objective": 0.0, "diverged": 1}, epoch)
+            run.log_report({"objective": 0.0, "diverged": 1}, epoch)
             tune.report({"epoch": epoch, "objective": 0.0, "diverged": 1, "train_loss": float("inf")})
             raise
         if epoch % cfg["eval_every"] and epoch != last_epoch:
@@ -216,18 +152,20 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
         report["node_id"] = node_id
         report["baseline"] = cfg["baseline"] or ""
         report["final"] = int(epoch == last_epoch)
-        run.log_metrics(report, epoch)
+        run.log_report(report, epoch)
         judged = {**cfg, "score": verdict["score"]}
         payload = checkpoint_payload(state, judged, val_scores, report)
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp)
-            if report["objective"] > best:
-                best = report["objective"]
-                run.set_tag("score", verdict["score"])
-                write_trial_artifacts(folder, state, judged, tensors, val_scores, report, payload)
+        if report["objective"] > best:
+            best = report["objective"]
+            if verdict["score"] != run.score:
+                run.set_tags(score=verdict["score"], **{"mlflow.runName": trial_run_name(judged, run.trial_id)})
+                run.score = verdict["score"]
+            with tempfile.TemporaryDirectory() as tmp:
+                write_trial_artifacts(Path(tmp), state, judged, tensors, val_scores, report, payload)
                 run.log_artifacts(tmp)
-            else:
-                torch.save(payload, folder / CHECKPOINT_FILE)
+        with tempfile.TemporaryDirectory() as tmp:
+            # Ray keeps what resume needs (weights, optimizer state, epoch), only the latest one.
+            save_checkpoint(Path(tmp) / CHECKPOINT_FILE, {**payload, "best_objective": best}, with_optimizer=True)
             if epoch == last_epoch:
                 # The scheduler may stop the trial inside this last report (ASHA does at
                 # max_t), so the run is closed first.

@@ -9,14 +9,19 @@ import optuna
 import ray
 from optuna.samplers import RandomSampler, TPESampler
 from ray import tune
-from ray.tune import CheckpointConfig, RunConfig
+from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from anomaly_ae.baselines import is_seed_baseline
 from search_spaces import get_space
+from anomaly_ae.tracking import SweepRun, Tracking
 from trainables.autoencoder import train_autoencoder
+
+# MLflow credentials travel to cluster nodes with the trials (a basic-auth tracking server).
+FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                 "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "PROLIV_TRACKING_GRACE_S")
 
 
 class WarmStartedOptunaSearch(OptunaSearch):
@@ -37,30 +42,67 @@ class WarmStartedOptunaSearch(OptunaSearch):
         self._warm_trials = []  # added once; a restored searcher already holds them in its study
 
 
-class TrialLines(tune.Callback):
-    """One readable line per finished trial, with the best so far against the baselines and references."""
+def trial_outcome(result: dict) -> str:
+    """How a trial that Tune calls complete ended: done, stopped (by the scheduler) or diverged."""
+    return "diverged" if result.get("diverged") else "done" if result.get("final") else "stopped"
 
-    def __init__(self, total: int, references: dict[str, float] | None = None):
-        self.total, self.references = total, dict(references or {})
+
+class SweepProgress(tune.Callback):
+    """The sweep as it runs: one line per finished trial, and the parent run's story in MLflow.
+
+    Printed: the best searched trial so far against the seed baselines and the references. Logged
+    to the parent run: ``best_so_far`` and the counts by outcome, with step = trials finished (the
+    search's anytime curve); a scheduler-stopped trial's run is closed FINISHED with
+    ``stopped_by=asha``; a trial that used up its retries is closed FAILED with the reason.
+    """
+
+    def __init__(self, total: int, references: dict[str, float] | None = None, tracking: Tracking | None = None,
+                 quiet: bool = False):
+        self.total, self.references, self.tracking, self.quiet = total, dict(references or {}), tracking, quiet
         self.best_searched = self.best_baseline = float("-inf")
         self.best_of: dict[str, float] = {}  # each trial's best objective so far (its last may be lower)
+        self._sweep = None
+
+    def __getstate__(self):
+        # Pickled with the experiment state (for --resume); the MLflow client is made again.
+        return {**self.__dict__, "_sweep": None}
+
+    @property
+    def sweep(self) -> SweepRun | None:
+        if self._sweep is None and self.tracking is not None:
+            self._sweep = SweepRun(self.tracking)
+        return self._sweep
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         objective = result.get("objective", float("nan"))
         if objective == objective:
             self.best_of[trial.trial_id] = max(objective, self.best_of.get(trial.trial_id, float("-inf")))
 
-    def _line(self, trials, trial, how: str) -> None:
+    def _objective(self, trial) -> float:
+        return self.best_of.get(trial.trial_id, (trial.last_result or {}).get("objective", float("nan")))
+
+    def _finished(self, trials, trial, how: str) -> None:
         # Counted from the trial list, so that a resumed sweep goes on from the trials it restored.
-        done = len({t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id})
+        finished = {t.trial_id: t for t in trials if t.status in ("TERMINATED", "ERROR")}
+        finished[trial.trial_id] = trial
+        done = len(finished)
         r = trial.last_result or {}
-        objective = self.best_of.get(trial.trial_id, r.get("objective", float("nan")))
+        objective = self._objective(trial)
         baseline = r.get("baseline", "")
         if objective == objective:  # not NaN; start points count as neither searched nor seed baseline
             if is_seed_baseline(baseline):
                 self.best_baseline = max(self.best_baseline, objective)
             elif not baseline:
                 self.best_searched = max(self.best_searched, objective)
+        if self.sweep is not None:
+            values = [v for v in map(self._objective, finished.values()) if v == v]
+            outcomes = ["error" if t.status == "ERROR" or (t is trial and how == "ERROR")
+                        else trial_outcome(t.last_result or {}) for t in finished.values()]
+            self.sweep.log_metrics({"best_so_far": max(values, default=float("nan")), "trials_finished": done,
+                                    **{f"trials_{o}": outcomes.count(o)
+                                       for o in ("done", "stopped", "diverged", "error")}}, step=done)
+        if self.quiet:
+            return
         who = f"[{baseline}]" if baseline else ""
         standings = " ".join([f"searched {self.best_searched:.3f}", f"baseline {self.best_baseline:.3f}",
                               *(f"{k} {v:.3f}" for k, v in self.references.items())]).replace("-inf", " -  ")
@@ -70,27 +112,48 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        how = "diverged" if r.get("diverged") else "done" if r.get("final") else "stopped"
-        self._line(trials, trial, how)
+        how = trial_outcome(r)
+        if how == "stopped" and self.sweep is not None:
+            self.sweep.trial_stopped(trial.trial_id, int(r.get("epoch", 0)))
+        self._finished(trials, trial, how)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        if self.sweep is not None:
+            self.sweep.trial_retried(trial.trial_id, trial.num_failures, _error_text(trial))
+        if not self.quiet:
+            print(f"       {trial.trial_id} retried (failure {trial.num_failures}): {_error_text(trial)[:120]}",
+                  flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, trial, "ERROR")
+        if self.sweep is not None:
+            self.sweep.trial_failed(trial.trial_id, _error_text(trial))
+        self._finished(trials, trial, "ERROR")
+
+
+def _error_text(trial) -> str:
+    """The last line of the trial's error trace (the exception), or a placeholder."""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - the trace is advice, never worth failing the sweep for
+        text = ""
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "the trial's worker died (node lost?)"
 
 
 def init_ray(args) -> None:
     if ray.is_initialized():
         return
     if args.address:
-        import analysis
         import anomaly_ae
         import search_spaces
         import trainables
 
         # Ship this project's packages to every node: cluster nodes need the dependencies
         # (torch, ray, mlflow ...) installed, not a checkout of this repository.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         try:
             ray.init(address=args.address, log_to_driver=False, configure_logging=False,
-                     runtime_env={"py_modules": [anomaly_ae, search_spaces, trainables, analysis]})
+                     runtime_env={"py_modules": [anomaly_ae, search_spaces, trainables], "env_vars": env})
         except ConnectionError as err:
             # Ray 2.59+ clusters use token auth, and an explicit address never turns it on by itself.
             hint = "" if os.environ.get("RAY_AUTH_MODE") else (
@@ -170,9 +233,11 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm
         ),
         run_config=RunConfig(
             name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
-            callbacks=[TrialLines(args.num_samples, references)],
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="objective",
-                                               checkpoint_score_order="max"),
+            callbacks=[SweepProgress(args.num_samples, references, tracking)],
+            # The latest checkpoint only: what a retry or --resume needs. MLflow keeps the best epoch.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # A trial on a lost node (or one that failed) restarts from its last checkpoint elsewhere.
+            failure_config=FailureConfig(max_failures=args.max_failures),
         ),
     )
     return tuner.fit()

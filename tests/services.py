@@ -1,0 +1,161 @@
+"""Real external processes for integration tests, on loopback only: Ray nodes, MLflow servers, the CLI.
+
+Every process is started in its own session and stopped by the pid started here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a process group this test started: ``sig``, then SIGKILL."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def tiny_sweep_args(data, experiment, tracking_uri, storage, samples=4, epochs=2, samples_per_epoch=128) -> list[str]:
+    return ["search", "--data", str(data), "--num-samples", str(samples), "--epochs", str(epochs),
+            "--samples-per-epoch", str(samples_per_epoch), "--max-concurrent", "2", "--experiment", experiment,
+            "--tracking-uri", tracking_uri, "--storage-path", str(storage), "--val-fraction", "0.2"]
+
+
+def run_cli(args: list[str], env: dict, log: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    with log.open("w") as out:
+        return subprocess.run([sys.executable, str(REPO / "run_search.py"), *args], cwd=REPO, env=env, stdout=out,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+
+
+def start_cli(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "run_search.py"), *args], cwd=REPO, start_new_session=True,
+                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
+               every: float = 0.5):
+    """Poll ``check()`` until it returns something truthy; fail with ``what`` (and the log's tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout:.0f}s:\n{tail}")
+        time.sleep(every)
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return False
+
+
+def start_mlflow_server(root: Path, port: int, env: dict | None = None, extra: list[str] = (),
+                        log_name: str = "server.log") -> subprocess.Popen:
+    """``mlflow server`` on loopback with a SQLite store under ``root``; returns once /health answers."""
+    root.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", *extra],
+        cwd=root, env={**os.environ, **(env or {})}, stdout=(root / log_name).open("a"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: healthy(url), 120, f"healthy mlflow server at {url}", proc, root / log_name)
+    return proc
+
+
+def http_json(url: str, body: dict | None = None, headers: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+NODES_SCRIPT = """
+import json, sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+deadline = time.monotonic() + 60
+while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(json.dumps({n["NodeID"]: {"ip": n["NodeManagerAddress"], "head": "node:__internal_head__" in n["Resources"]}
+                  for n in ray.nodes() if n["Alive"]}))
+"""
+
+
+class TwoNodeCluster:
+    """A Ray head and a second node on this machine, one CPU each, with its own token."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Token auth is Ray's default since 2.59; this env is what a user's shell has after
+        # `export RAY_AUTH_MODE=token`.
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": os.urandom(32).hex()}
+        self.procs: list[subprocess.Popen] = []
+        self.nodes: dict = {}
+
+    def start(self) -> "TwoNodeCluster":
+        common = ["--num-cpus", "1", "--num-gpus", "0", "--block", "--disable-usage-stats"]
+        head_log = self.tmp / "head.log"
+        head = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={self.port}",
+                                 "--include-dashboard=false", *common], env=self.env, stdout=head_log.open("w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(head)
+        wait_until(lambda: "Ray runtime started" in head_log.read_text(), 60, "Ray head", head, head_log)
+        self.worker = subprocess.Popen([str(BIN / "ray"), "start", f"--address={self.address}", *common],
+                                       env=self.env, stdout=(self.tmp / "worker.log").open("w"),
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(self.worker)
+        listed = subprocess.run([sys.executable, "-c", NODES_SCRIPT, self.address], env=self.env,
+                                capture_output=True, text=True, timeout=120)
+        assert listed.returncode == 0, listed.stderr[-3000:]
+        self.nodes = json.loads(listed.stdout.strip().splitlines()[-1])
+        assert len(self.nodes) == 2, ((self.tmp / "worker.log").read_text()[-3000:], self.nodes)
+        return self
+
+    @property
+    def worker_node_id(self) -> str:
+        return next(node for node, info in self.nodes.items() if not info["head"])
+
+    def kill_worker_node(self) -> None:
+        """SIGKILL the worker node's whole process group: its raylet and the trial processes on it."""
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(30)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
