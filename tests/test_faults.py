@@ -183,8 +183,9 @@ def test_sweep_survives_a_tracking_server_outage(tiny_data_dir, tmp_path):
     try:
         runs = trial_runs(MlflowClient(url), "outage")
         assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
-        for run in runs:  # every epoch's metrics reached the server, once each
-            assert epoch_steps(MlflowClient(url), run) == list(range(1, epochs + 1)), run.info.run_name
+        for run in runs:  # every epoch's metrics reached the server, once each (a closed-form trial has one)
+            last = 1 if run.data.tags["variant"] == "pca_ae" else epochs
+            assert epoch_steps(MlflowClient(url), run) == list(range(1, last + 1)), run.info.run_name
         retried = [r for r in runs if int(r.data.tags.get("tracking_retries", 0)) > 0]
         assert retried, "no trial met the outage"
         print(f"outage {outage_s:.0f}s survived; trials that retried writes: {len(retried)}; "
@@ -209,7 +210,9 @@ def test_a_lost_worker_node_costs_no_trial(tiny_data_dir, tmp_path):
 
     def trial_on_worker_mid_run():
         for run in trial_runs(client, "node-loss"):
-            if run.data.tags.get("node_id") == cluster.worker_node_id and run.info.status == "RUNNING":
+            # A gradient-trained trial (a closed-form one is fitted in one step) part way through its epochs.
+            if (run.data.tags.get("node_id") == cluster.worker_node_id and run.info.status == "RUNNING"
+                    and run.data.tags["variant"] != "pca_ae"):
                 steps = epoch_steps(client, run)
                 if 1 <= len(steps) < epochs - 1:
                     return run
