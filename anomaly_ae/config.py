@@ -112,6 +112,10 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     # uses it so that a batch-512 trial costs what a batch-16 one does.
     "samples_per_epoch": (0, _int(0, 100_000_000)),
     "eval_every": (1, _int(1, 1000)),
+    # Execution only (same maths): bf16 autocast of the forward pass and the loss, and the
+    # channels_last memory format. Defaults from `run_search.py benchmark` (README, "Throughput").
+    "precision": ("fp32", _choice("fp32", "bf16")),
+    "channels_last": (False, _bool),
     "seed": (0, _int(0, 2**31 - 1)),
     # bookkeeping: the seed write-up this config reproduces, if any
     "baseline": (None, _optional_str),

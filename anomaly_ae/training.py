@@ -30,11 +30,17 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or inf."""
 
 
-def seed_everything(seed: int) -> torch.Generator:
+# How often the training loop looks at its (device-side) running loss for divergence: a host sync.
+DIVERGENCE_CHECK_STEPS = 64
+
+
+def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Seed Python, NumPy and torch; return a generator on ``device`` that draws the trial's
+    augmentation and corruption numbers there (no host-to-device copy per step)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def pick_device() -> torch.device:
@@ -107,13 +113,16 @@ def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
     """Batch-level augmentation of [0, 1] images, on whatever device x is on."""
     n, dev = x.shape[0], x.device
 
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)  # a no-op when gen is on dev
+
     def uniform(*shape, scale=1.0):
-        return (torch.rand(*shape, generator=gen) * 2 - 1).mul_(scale).to(dev)
+        return (rand(*shape) * 2 - 1).mul_(scale)
 
     if cfg["hflip"]:
-        x = torch.where((torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1), x.flip(-1), x)
+        x = torch.where((rand(n) < 0.5).view(n, 1, 1, 1), x.flip(-1), x)
     if cfg["vflip"]:
-        x = torch.where((torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1), x.flip(-2), x)
+        x = torch.where((rand(n) < 0.5).view(n, 1, 1, 1), x.flip(-2), x)
     if cfg["rotation_deg"] > 0 or cfg["shift_px"] > 0:
         angle = uniform(n, scale=math.radians(cfg["rotation_deg"]))
         h, w = x.shape[-2:]
@@ -140,12 +149,15 @@ def corrupt_with_spills(x: torch.Tensor, prob: float, gen: torch.Generator) -> t
     """
     n, c, h, w = x.shape
     dev = x.device
-    chosen = (torch.rand(n, generator=gen) < prob).to(dev).view(n, 1, 1, 1)
-    if not chosen.any():
-        return x
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+
+    # No early return when no crop is chosen: that test would sync the host every step.
+    chosen = (rand(n) < prob).view(n, 1, 1, 1)
 
     def r(lo, hi):
-        return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev).view(n, 1, 1)
+        return (rand(n) * (hi - lo) + lo).view(n, 1, 1)
 
     yy = torch.arange(h, device=dev).view(1, h, 1).float()
     xx = torch.arange(w, device=dev).view(1, 1, w).float()
@@ -155,7 +167,7 @@ def corrupt_with_spills(x: torch.Tensor, prob: float, gen: torch.Generator) -> t
     centre = r(0.3, 0.7) * w
     inside = ((xx - centre).abs() < half) & (yy >= top) & (yy <= top + length)
     streak = inside.float() * r(0.15, 0.45)
-    specks = (torch.rand(n, h, w, generator=gen).to(dev) < 0.04) & inside
+    specks = (rand(n, h, w) < 0.04) & inside
     painted = (x + streak.unsqueeze(1)).masked_fill(specks.unsqueeze(1), 0.95)
     return torch.where(chosen, painted.clamp(0, 1), x)
 
@@ -191,25 +203,38 @@ def needs_perceptual(cfg: dict) -> bool:
 
 def build_trial(cfg: dict, train_u8: torch.Tensor, device: torch.device | None = None) -> TrialState:
     """Seeded model, optimizer and preprocessing for a validated config."""
-    gen = seed_everything(cfg["seed"])
     device = device or pick_device()
+    gen = seed_everything(cfg["seed"], device)
     pre = Preprocess.fit(cfg, train_u8)
     model = build_model(cfg["variant"], pre.channels, pre.height, pre.width, **model_params(cfg)).to(device)
+    if cfg.get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
     perceptual = None
     if needs_perceptual(cfg):
         perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
     return TrialState(model, build_optimizer(cfg, model.parameters()), pre, perceptual, device, gen)
 
 
+def model_input(state: TrialState, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    x = state.preprocess.normalise(x)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.get("channels_last") else x
+
+
+def autocast(state: TrialState, cfg: dict):
+    """bf16 autocast when the config asks for it, else a no-op context."""
+    return torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=cfg.get("precision") == "bf16")
+
+
 def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torch.Tensor) -> torch.Tensor:
     pre = state.preprocess
-    out = state.model(pre.normalise(corrupted))
-    recon = pre.denormalise(out.recon)
-    loss = reconstruction_loss(clean, recon, cfg["loss"], cfg["loss_ssim_weight"], cfg["loss_perceptual_weight"],
-                               state.perceptual)
-    if out.mu is not None:
-        loss = loss + kl_beta_of(state.model) * kl_loss(out.mu, out.logvar, clean[0].numel())
-    return loss + out.aux_loss
+    with autocast(state, cfg):
+        out = state.model(model_input(state, cfg, corrupted))
+        recon = pre.denormalise(out.recon.float())
+        loss = reconstruction_loss(clean, recon, cfg["loss"], cfg["loss_ssim_weight"], cfg["loss_perceptual_weight"],
+                                   state.perceptual)
+        if out.mu is not None:
+            loss = loss + kl_beta_of(state.model) * kl_loss(out.mu.float(), out.logvar.float(), clean[0].numel())
+    return loss.float() + out.aux_loss
 
 
 def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> float:
@@ -224,21 +249,25 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
     else:
         steps = n // bs if cfg["steps_per_epoch"] == 0 else cfg["steps_per_epoch"]
     passes = -(-steps * bs // n)
-    order = torch.cat([torch.randperm(n, generator=state.generator) for _ in range(passes)])
-    total = 0.0
+    gen = state.generator
+    order = torch.cat([torch.randperm(n, generator=gen, device=gen.device) for _ in range(passes)]).to(train_u8.device)
+    # The running loss stays on the device; the host looks at it every DIVERGENCE_CHECK_STEPS steps
+    # and at the end, never per step (a per-step .item() is a device sync).
+    total = torch.zeros((), device=state.device)
     for step in range(steps):
-        idx = order[step * bs:(step + 1) * bs].to(train_u8.device)
-        clean = augment(state.preprocess.to_unit(train_u8[idx]), cfg, state.generator)
-        noisy = corrupt_with_spills(clean, cfg["corruption_prob"], state.generator) if cfg["corruption_prob"] else clean
+        idx = order[step * bs:(step + 1) * bs]
+        clean = augment(state.preprocess.to_unit(train_u8[idx]), cfg, gen)
+        noisy = corrupt_with_spills(clean, cfg["corruption_prob"], gen) if cfg["corruption_prob"] else clean
         loss = step_loss(state, cfg, clean, noisy)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at epoch {state.epoch + 1}, step {step + 1}")
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
-        total += loss.item()
+        total += loss.detach()
+        if (step + 1) % DIVERGENCE_CHECK_STEPS == 0 or step + 1 == steps:
+            if not torch.isfinite(total):
+                raise DivergedError(f"loss became {total.item()} by epoch {state.epoch + 1}, step {step + 1}")
     state.epoch += 1
-    return total / max(steps, 1)
+    return total.item() / max(steps, 1)
 
 
 @torch.no_grad()
@@ -249,7 +278,8 @@ def fit_closed_form(state: TrialState, cfg: dict, train_u8: torch.Tensor, chunk:
     whole train split. Augmentation applies as for any variant, so the fit learns the same invariances.
     """
     pre = state.preprocess
-    order = torch.randperm(len(train_u8), generator=state.generator)
+    gen = state.generator
+    order = torch.randperm(len(train_u8), generator=gen, device=gen.device).to(train_u8.device)
     inputs = torch.cat([pre.normalise(augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg,
                                               state.generator)) for i in range(0, len(order), chunk)])
     state.model.fit(inputs)
@@ -281,7 +311,7 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
     kept = None
     for start in range(0, len(images_u8), batch_size):
         x = pre.to_unit(images_u8[start:start + batch_size].to(state.device))
-        out = state.model(pre.normalise(x))
+        out = state.model(model_input(state, cfg, x))  # scored in fp32 whatever the training precision
         recon = pre.denormalise(out.recon).clamp(0, 1)
         scores = compute_scores(x, recon, types, sparams, out.mu, out.logvar, state.perceptual)
         for t in types:
@@ -377,5 +407,5 @@ def load_trained(payload: dict, device: torch.device | None = None) -> TrialStat
     if needs_perceptual(cfg):
         perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
     opt = build_optimizer(cfg, model.parameters())
-    return TrialState(model, opt, pre, perceptual, device, torch.Generator().manual_seed(cfg["seed"]),
+    return TrialState(model, opt, pre, perceptual, device, torch.Generator(device=device).manual_seed(cfg["seed"]),
                       payload.get("epoch", 0))
