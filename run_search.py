@@ -9,6 +9,7 @@
     python run_search.py promote --experiment NAME [--trial ID] [--retrain] [--force]
     python run_search.py predict --model champion --images DIR --out scores.csv
     python run_search.py benchmark-search --budget-s 600 --repeats 5   # TPE vs random, baselines, references
+    python run_search.py benchmark --data DIR --out throughput.csv      # seconds per epoch, three pipelines
 """
 from __future__ import annotations
 
@@ -111,6 +112,9 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                         "sweeps of this space on the same dataset content in this tracking store)")
     p.add_argument("--no-warm-start", action="store_true", help="start the study empty")
     p.add_argument("--no-references", action="store_true", help="do not score the PCA and kNN reference detectors")
+    p.add_argument("--keep-checkpoints", type=positive_int, default=None, metavar="N",
+                   help="keep the weights (Ray checkpoint, MLflow model.pt) of the N best searched trials only; "
+                        "seed baselines keep theirs (default: keep all)")
     p.add_argument("--max-failures", type=int, default=3,
                    help="retries of a failed trial (a lost node, an error), each from its last checkpoint; "
                         "-1 = unlimited (default 3)")
@@ -182,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--summarize", default=None, metavar="PREFIX",
                        help="run no sweep: rebuild the table from the finished sweeps whose experiment name starts "
                             "with PREFIX (e.g. benchmark-search-20261125-181433)")
+    thr = sub.add_parser("benchmark", help="seconds per training epoch: the project's, a bare loop's, a seed-style "
+                                           "pipeline's",
+                         description="Time one training epoch three ways, side by side in one process, for every "
+                                     "variant at its defaults and each batch size: this harness's epoch, a bare loop on "
+                                     "a ready tensor, and a seed-style PIL/torchvision/DataLoader pipeline. On the CPU, "
+                                     "and on the GPU with trials per hour at fractional --gpus-per-trial when CUDA is "
+                                     "present. Prints the ratios and writes a CSV.")
+    thr.add_argument("--data", type=Path, default=None, help=f"dataset folder (default {DEFAULT_DATA})")
+    thr.add_argument("--out", type=Path, required=True, help="CSV of seconds per epoch (and OUT-options/-gpu CSVs)")
+    thr.add_argument("--variants", nargs="+", default=None, help="variants to time (default: every gradient-trained one)")
+    thr.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[16, 128], help="default 16 128")
+    thr.add_argument("--crops", type=positive_int, default=2000, help="train crops per epoch (default 2000)")
+    thr.add_argument("--repeats", type=positive_int, default=3, help="timed epochs of each kind, interleaved (default 3)")
+    thr.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the seed pipeline (default 0)")
+    thr.add_argument("--sweep-samples", type=positive_int, default=16,
+                     help="trials of each short GPU sweep (fractional packing; CUDA only; default 16)")
     predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
                              description="Score every crop in a folder; writes name, score, label (1 = spill).")
     add_store_args(predict, experiment_required=False)
@@ -573,6 +593,48 @@ def cmd_benchmark_search(args) -> int:
     return print_benchmark(benchmark_search(args), summary_lines)
 
 
+def cmd_benchmark(args) -> int:
+    from anomaly_ae.models import list_models, model_spec
+
+    unknown = sorted(set(args.variants or []) - set(list_models()))
+    if unknown:
+        raise UsageError(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(list_models())}")
+    closed = [v for v in args.variants or [] if model_spec(v).closed_form]
+    if closed:
+        raise UsageError(f"--variants: {', '.join(closed)} is fitted in closed form; there is no epoch to time")
+    data = args.data or DEFAULT_DATA
+    if args.data is None and not (data / "train").is_dir():
+        from anomaly_ae.data import make_dataset
+        make_dataset(data, seed=0, overwrite=True)
+    if not (Path(data) / "train").is_dir():
+        raise UsageError(f"--data: no train/ folder in {data}")
+    from analysis.benchmark_throughput import benchmark, summary_lines
+
+    import torch
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    epochs, options, packing = benchmark(data, args.variants, args.batch_sizes, args.crops, args.repeats,
+                                         args.loader_workers, args.sweep_samples)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    epochs.to_csv(args.out, index=False)
+    options_path = args.out.with_name(args.out.stem + "-options.csv")
+    options.to_csv(options_path, index=False)
+    print()
+    print(epochs.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print()
+    print(options.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\n".join(summary_lines(epochs)))
+    written = [str(args.out), str(options_path)]
+    if not packing.empty:
+        gpu_path = args.out.with_name(args.out.stem + "-gpu.csv")
+        packing.to_csv(gpu_path, index=False)
+        print(packing.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        written.append(str(gpu_path))
+    else:
+        print("no CUDA device: GPU epochs and fractional-GPU packing not measured")
+    print(f"wrote {', '.join(written)}")
+    return 0
+
+
 def print_benchmark(table, summary_lines) -> int:
     if table.empty:
         print("error: no sweep finished", file=sys.stderr)
@@ -607,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd_list_models,
             "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
-            "benchmark-search": cmd_benchmark_search}
+            "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark}
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ _SECTIONS = {"val_pauroc": "val/pauroc", "val_aupr": "val/aupr", "threshold": "v
              "selection_bias": "val/selection_bias", "objective_clean": "val/objective_clean",
              "objective_shift": "val/objective_shift", "tpr_at_tnr": "val/tpr_at_tnr", "epoch": "trial/epoch",
              "epoch_seconds": "trial/epoch_seconds", "diverged": "trial/diverged", "final": "trial/final",
-             "fit_seconds": "trial/fit_seconds"}
+             "fit_seconds": "trial/fit_seconds", "gpu_peak_mem_mb": "trial/gpu_peak_mem_mb"}
 # What the chart view's first section ("Model metrics", the unprefixed keys) holds for trials; the
 # parent run's summary (best_so_far, best_objective, counts) is unprefixed too, on its own page.
 FRONT_METRICS = ("objective", "val_auroc", "train_loss")
@@ -468,6 +468,20 @@ class SweepRun:
                 c.log_batch(run_id, tags=[RunTag("retries", str(attempt)), RunTag("last_retry_reason", reason[:5000])])
 
         self.writer.submit(f"note retry of {trial_id}", note)
+
+    def drop_model(self, trial_id: str, artifact: str) -> None:
+        """Delete a trial's logged weights (``--keep-checkpoints``); its metrics and plots stay."""
+        from mlflow.entities import RunTag
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        def drop(c):
+            run_id = self._trial_run_id(trial_id)
+            if run_id is None:
+                return
+            get_artifact_repository(c.get_run(run_id).info.artifact_uri).delete_artifacts(artifact)
+            c.log_batch(run_id, tags=[RunTag("weights_dropped", "keep-checkpoints")])
+
+        self.writer.submit(f"drop the weights of {trial_id}", drop)
 
     def close_leftovers(self, status: str, reason: str) -> int:
         """Trial runs still open (the sweep ended or was interrupted around them); returns how many."""

@@ -88,7 +88,9 @@ def start_mlflow_server(root: Path, port: int, env: dict | None = None, extra: l
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
          "--artifacts-destination", str(root / "server-artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1", *extra],
-        cwd=root, env={**os.environ, **(env or {})}, stdout=(root / log_name).open("a"), stderr=subprocess.STDOUT,
+        # No job runner: it starts a dozen worker processes (GenAI jobs) that a tracking test never uses.
+        cwd=root, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+        stdout=(root / log_name).open("a"), stderr=subprocess.STDOUT,
         start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: healthy(url), 120, f"healthy mlflow server at {url}", proc, root / log_name)

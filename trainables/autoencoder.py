@@ -80,6 +80,20 @@ def _trial_identity() -> str:
         return "local"
 
 
+def cap_gpu_memory(device: torch.device) -> None:
+    """Hold a fractional-GPU trial to its share of the GPU's memory.
+
+    Ray's ``num_gpus`` only schedules; nothing stops four trials at 0.25 from using the whole card.
+    Past its share a trial gets a CUDA out-of-memory error, and fails alone."""
+    import ray
+
+    if device.type != "cuda" or not ray.is_initialized():
+        return
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)
+    if 0 < share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
+
+
 def current_node_id() -> str:
     """The Ray node this trial runs on ("local" outside Ray): cluster sweeps show their spread."""
     import ray
@@ -118,6 +132,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
 def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
     state = build_trial(cfg, torch.from_numpy(np.ascontiguousarray(splits.train)))
     dev = state.device
+    cap_gpu_memory(dev)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(splits, k))).to(dev)
                for k in ("train", "val_normal", "val_spill")}
     shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
@@ -150,6 +165,8 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
         verdict = judge(metrics, val_scores, cfg)
         report = epoch_report(epoch, train_loss, metrics, verdict, time.perf_counter() - tick)
         report["node_id"] = node_id
+        if dev.type == "cuda":
+            report["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         report["baseline"] = cfg["baseline"] or ""
         report["final"] = int(epoch == last_epoch)
         run.log_report(report, epoch)

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from anomaly_ae.baselines import is_seed_baseline
 from search_spaces import get_space
+from anomaly_ae.checkpoints import MODEL_FILE
 from anomaly_ae.tracking import SweepRun, Tracking
 from trainables.autoencoder import train_autoencoder
 
@@ -130,6 +131,48 @@ class SweepProgress(tune.Callback):
         self._finished(trials, trial, "ERROR")
 
 
+class CheckpointRetention(tune.Callback):
+    """``--keep-checkpoints N``: only the N best finished searched trials keep their weights.
+
+    Each finished trial outside the N best loses its Ray checkpoint and its MLflow ``model.pt`` (its
+    metrics and plots stay). Enqueued trials (seed baselines, start points) keep theirs: promotion
+    compares against them.
+    """
+
+    def __init__(self, keep: int, tracking: Tracking | None):
+        self.keep, self.tracking = keep, tracking
+        self.best: dict[str, float] = {}
+        self.finished: dict[str, object] = {}
+        self.dropped: set[str] = set()
+        self._sweep = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_sweep": None, "finished": {}}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        objective = result.get("objective", float("nan"))
+        if objective == objective and not result.get("baseline"):
+            self.best[trial.trial_id] = max(objective, self.best.get(trial.trial_id, float("-inf")))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if trial.trial_id not in self.best:
+            return  # enqueued, or never reported
+        self.finished[trial.trial_id] = trial
+        ranked = sorted(self.best, key=self.best.get, reverse=True)
+        kept = set(ranked[:self.keep])
+        for trial_id, finished in self.finished.items():
+            if trial_id in kept or trial_id in self.dropped:
+                continue
+            self.dropped.add(trial_id)
+            checkpoint = finished.checkpoint
+            if checkpoint is not None:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+            if self.tracking is not None:
+                if self._sweep is None:
+                    self._sweep = SweepRun(self.tracking)
+                self._sweep.drop_model(trial_id, MODEL_FILE)
+
+
 def _error_text(trial) -> str:
     """The last line of the trial's error trace (the exception), or a placeholder."""
     try:
@@ -233,7 +276,8 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm
         ),
         run_config=RunConfig(
             name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
-            callbacks=[SweepProgress(args.num_samples, references, tracking)],
+            callbacks=[SweepProgress(args.num_samples, references, tracking),
+                       *([CheckpointRetention(args.keep_checkpoints, tracking)] if args.keep_checkpoints else [])],
             # The latest checkpoint only: what a retry or --resume needs. MLflow keeps the best epoch.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             # A trial on a lost node (or one that failed) restarts from its last checkpoint elsewhere.
