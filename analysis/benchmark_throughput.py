@@ -1,14 +1,16 @@
 """`run_search.py benchmark`: seconds per training epoch, measured side by side in one process.
 
-For each variant at its default parameters and each batch size, three ways to run the same epoch
-(the same model, loss, optimizer and number of crops):
+For each variant at its default parameters and each batch size, ways to run the same epoch (the same
+model, loss, optimizer and number of crops), compared two by two on the same work:
 
-- ``project``: this harness's epoch (``train_one_epoch``): uint8 crops resident on the device, cast,
-  resized, augmented and normalised there, running loss kept on the device;
-- ``bare``: a bare loop over a ready float tensor already at the model's size: forward, MSE,
-  backward, step (no augmentation, no preprocessing) - the floor for the project's epoch;
-- ``seed_pipeline``: what the seed write-ups did: a folder Dataset that opens each crop with PIL,
-  per-image torchvision transforms (Resize, ToTensor), and a DataLoader.
+- ``project`` against ``bare``, neither augmenting: this harness's epoch (``train_one_epoch``: uint8
+  crops resident on the device, cast, resized and normalised there, running loss kept on the device)
+  against a bare loop over a ready float tensor already at the model's size (forward, MSE, backward,
+  step). The bare loop is the floor.
+- ``project_augmented`` against ``seed_pipeline``, both with seed 000's augmentation (flips, a 1 degree
+  rotation, brightness and contrast jitter of 0.01): the harness augments the batch on the device; the
+  seed pipeline is what the write-ups did, a folder Dataset that opens each crop with PIL, per-image
+  torchvision transforms, and a DataLoader.
 
 The three are interleaved per repeat and the median is kept, so the ratios compare like with like on a
 noisy machine. With CUDA, the same table on the GPU, and trials per hour of short real sweeps at
@@ -35,8 +37,10 @@ from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.training import build_optimizer, build_trial, train_one_epoch
 
 COLUMNS = ["device", "variant", "batch_size", "crops", "project_s_per_epoch", "bare_s_per_epoch",
-           "seed_pipeline_s_per_epoch", "project_vs_bare", "seed_vs_project"]
+           "seed_pipeline_s_per_epoch", "project_augmented_s_per_epoch", "project_vs_bare", "seed_vs_project"]
 GPU_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+# Seed 000's augmentation, as config keys of this harness.
+AUGMENTATION = {"hflip": True, "vflip": True, "rotation_deg": 1.0, "brightness_jitter": 0.01, "contrast_jitter": 0.01}
 
 
 def sync(device: torch.device) -> None:
@@ -52,20 +56,25 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - tick
 
 
-def epoch_config(variant: str, batch_size: int, crops: int, **options) -> dict:
-    """The variant at its defaults, for one full pass over ``crops`` crops."""
+def epoch_config(variant: str, batch_size: int, **options) -> dict:
+    """The variant at its defaults, for one full pass over the crops."""
     return validate_config({"variant": variant, "batch_size": batch_size, "steps_per_epoch": 0,
                             "samples_per_epoch": 0, "epochs": 1, **options})
 
 
 class SeedStyleFolder(torch.utils.data.Dataset):
-    """One PIL decode and per-image transforms per item, as in the seed notebooks."""
+    """One PIL decode and per-image transforms per item, as in seed 000's notebook."""
 
     def __init__(self, paths: list[Path], size: tuple[int, int]):
         from torchvision import transforms
 
         self.paths = paths
-        self.transform = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+        self.transform = transforms.Compose([
+            transforms.Resize(size), transforms.RandomRotation(AUGMENTATION["rotation_deg"]),
+            transforms.RandomVerticalFlip(), transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=AUGMENTATION["brightness_jitter"],
+                                   contrast=AUGMENTATION["contrast_jitter"]),
+            transforms.ToTensor()])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -79,8 +88,10 @@ class SeedStyleFolder(torch.utils.data.Dataset):
 
 def measure_variant(variant: str, batch_size: int, paths: list[Path], train_u8: torch.Tensor,
                     device: torch.device, repeats: int, loader_workers: int) -> dict:
-    cfg = epoch_config(variant, batch_size, len(train_u8))
+    cfg = epoch_config(variant, batch_size)
     state = build_trial(cfg, train_u8, device)
+    cfg_aug = epoch_config(variant, batch_size, **AUGMENTATION)
+    state_aug = build_trial(cfg_aug, train_u8, device)
     resident = train_u8.to(device)
     ready = state.preprocess.normalise(state.preprocess.to_unit(resident))  # the bare loop's input
     bare_model = build_trial(cfg, train_u8, device).model
@@ -111,7 +122,8 @@ def measure_variant(variant: str, batch_size: int, paths: list[Path], train_u8: 
             loss.backward()
             seed_opt.step()
 
-    runs = {"project": lambda: train_one_epoch(state, cfg, resident), "bare": bare, "seed_pipeline": seed_pipeline}
+    runs = {"project": lambda: train_one_epoch(state, cfg, resident), "bare": bare,
+            "project_augmented": lambda: train_one_epoch(state_aug, cfg_aug, resident), "seed_pipeline": seed_pipeline}
     for fn in runs.values():  # warm-up: allocator, cuDNN autotuning, page cache
         timed(fn, device)
     times = {k: [] for k in runs}
@@ -121,8 +133,9 @@ def measure_variant(variant: str, batch_size: int, paths: list[Path], train_u8: 
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"device": device.type, "variant": variant, "batch_size": batch_size, "crops": steps * batch_size,
             "project_s_per_epoch": med["project"], "bare_s_per_epoch": med["bare"],
-            "seed_pipeline_s_per_epoch": med["seed_pipeline"], "project_vs_bare": med["project"] / med["bare"],
-            "seed_vs_project": med["seed_pipeline"] / med["project"]}
+            "seed_pipeline_s_per_epoch": med["seed_pipeline"],
+            "project_augmented_s_per_epoch": med["project_augmented"], "project_vs_bare": med["project"] / med["bare"],
+            "seed_vs_project": med["seed_pipeline"] / med["project_augmented"]}
 
 
 def measure_options(variant: str, batch_size: int, train_u8: torch.Tensor, device: torch.device,
@@ -133,7 +146,7 @@ def measure_options(variant: str, batch_size: int, train_u8: torch.Tensor, devic
     resident = train_u8.to(device)
     runs = {}
     for name, extra in options.items():
-        cfg = epoch_config(variant, batch_size, len(train_u8), **extra)
+        cfg = epoch_config(variant, batch_size, **extra)
         state = build_trial(cfg, train_u8, device)
         runs[name] = (lambda s=state, c=cfg: train_one_epoch(s, c, resident))
         timed(runs[name], device)
@@ -188,7 +201,8 @@ def benchmark(data: Path, variants: list[str] | None, batch_sizes: list[int], cr
             for bs in batch_sizes:
                 row = measure_variant(variant, bs, paths, train_u8, device, repeats, loader_workers)
                 log(f"{device.type:<4} {variant:<20} batch {bs:>4}: project {row['project_s_per_epoch']:.3f}s, "
-                    f"bare {row['bare_s_per_epoch']:.3f}s ({row['project_vs_bare']:.2f}x), seed pipeline "
+                    f"bare {row['bare_s_per_epoch']:.3f}s ({row['project_vs_bare']:.2f}x); augmented: project "
+                    f"{row['project_augmented_s_per_epoch']:.3f}s, seed pipeline "
                     f"{row['seed_pipeline_s_per_epoch']:.3f}s ({row['seed_vs_project']:.1f}x the project)")
                 rows.append(row)
         options += measure_options(gradient[0], max(batch_sizes), train_u8, device, repeats)
@@ -206,7 +220,7 @@ def summary_lines(epochs: pd.DataFrame) -> list[str]:
     lines = []
     for device, group in epochs.groupby("device"):
         lines.append(f"{device}: project/bare median {group['project_vs_bare'].median():.2f}x "
-                     f"(max {group['project_vs_bare'].max():.2f}x); seed pipeline/project median "
+                     f"(max {group['project_vs_bare'].max():.2f}x); seed pipeline/project (both augmenting) median "
                      f"{group['seed_vs_project'].median():.1f}x (min {group['seed_vs_project'].min():.1f}x), "
                      f"over {len(group)} variant x batch-size pairs")
     return lines

@@ -431,57 +431,52 @@ class SweepRun:
             self._trial_runs[trial_id] = found[0].info.run_id
         return self._trial_runs[trial_id]
 
+    def _for_trial(self, trial_id: str, what: str, write) -> None:
+        """Queue ``write(client, run_id)`` on the trial's run (nothing if it was never opened)."""
+        def op(c):
+            run_id = self._trial_run_id(trial_id)
+            if run_id is not None:
+                write(c, run_id)
+
+        self.writer.submit(what, op)
+
     def trial_stopped(self, trial_id: str, epoch: int, by: str = "asha") -> None:
         """A trial the scheduler stopped early ran as told: FINISHED, with who stopped it and when."""
         from mlflow.entities import RunTag
 
-        def close(c):
-            run_id = self._trial_run_id(trial_id)
-            if run_id is None:
-                return  # its run was never opened (the store was down all along)
+        def close(c, run_id):
             c.log_batch(run_id, tags=[RunTag("stopped_by", by), RunTag("stopped_at_epoch", str(epoch))])
             c.set_terminated(run_id, "FINISHED")
 
-        self.writer.submit(f"close stopped trial {trial_id}", close)
+        self._for_trial(trial_id, f"close stopped trial {trial_id}", close)
 
     def trial_failed(self, trial_id: str, reason: str) -> None:
         """A trial that used up its retries (a lost node, an error): FAILED, with the reason."""
         from mlflow.entities import RunTag
 
-        def close(c):
-            run_id = self._trial_run_id(trial_id)
-            if run_id is None:
-                return
-            run = c.get_run(run_id)
-            tags = [RunTag("failure", reason[:5000])] if "failure" not in run.data.tags else []
-            c.log_batch(run_id, tags=tags)
+        def close(c, run_id):
+            if "failure" not in c.get_run(run_id).data.tags:  # the trial's own reason, when it could write it
+                c.log_batch(run_id, tags=[RunTag("failure", reason[:5000])])
             c.set_terminated(run_id, "FAILED")
 
-        self.writer.submit(f"close failed trial {trial_id}", close)
+        self._for_trial(trial_id, f"close failed trial {trial_id}", close)
 
     def trial_retried(self, trial_id: str, attempt: int, reason: str) -> None:
         from mlflow.entities import RunTag
 
-        def note(c):
-            run_id = self._trial_run_id(trial_id)
-            if run_id is not None:
-                c.log_batch(run_id, tags=[RunTag("retries", str(attempt)), RunTag("last_retry_reason", reason[:5000])])
-
-        self.writer.submit(f"note retry of {trial_id}", note)
+        self._for_trial(trial_id, f"note retry of {trial_id}", lambda c, run_id: c.log_batch(
+            run_id, tags=[RunTag("retries", str(attempt)), RunTag("last_retry_reason", reason[:5000])]))
 
     def drop_model(self, trial_id: str, artifact: str) -> None:
         """Delete a trial's logged weights (``--keep-checkpoints``); its metrics and plots stay."""
         from mlflow.entities import RunTag
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        def drop(c):
-            run_id = self._trial_run_id(trial_id)
-            if run_id is None:
-                return
+        def drop(c, run_id):
             get_artifact_repository(c.get_run(run_id).info.artifact_uri).delete_artifacts(artifact)
             c.log_batch(run_id, tags=[RunTag("weights_dropped", "keep-checkpoints")])
 
-        self.writer.submit(f"drop the weights of {trial_id}", drop)
+        self._for_trial(trial_id, f"drop the weights of {trial_id}", drop)
 
     def close_leftovers(self, status: str, reason: str) -> int:
         """Trial runs still open (the sweep ended or was interrupted around them); returns how many."""
