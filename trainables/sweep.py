@@ -132,22 +132,23 @@ class SweepProgress(tune.Callback):
 
 
 class CheckpointRetention(tune.Callback):
-    """``--keep-checkpoints N``: only the N best finished searched trials keep their weights.
+    """What a finished trial keeps of its weights.
 
-    Each finished trial outside the N best loses its Ray checkpoint and its MLflow ``model.pt`` (its
-    metrics and plots stay). Enqueued trials (seed baselines, start points) keep theirs: promotion
-    compares against them.
+    Its Ray checkpoint (weights, optimizer state) goes when it finishes: only a trial still running
+    needs one, for a retry or ``--resume``, and MLflow holds its best epoch's ``model.pt``. With
+    ``keep`` (``--keep-checkpoints N``), only the N best finished searched trials keep their
+    ``model.pt`` too; enqueued trials (seed baselines, start points) keep theirs, since promotion
+    compares against them. Metrics and plots always stay.
     """
 
-    def __init__(self, keep: int, tracking: Tracking | None):
+    def __init__(self, keep: int | None, tracking: Tracking | None):
         self.keep, self.tracking = keep, tracking
         self.best: dict[str, float] = {}
-        self.finished: dict[str, object] = {}
         self.dropped: set[str] = set()
         self._sweep = None
 
     def __getstate__(self):
-        return {**self.__dict__, "_sweep": None, "finished": {}}
+        return {**self.__dict__, "_sweep": None}
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         objective = result.get("objective", float("nan"))
@@ -155,22 +156,18 @@ class CheckpointRetention(tune.Callback):
             self.best[trial.trial_id] = max(objective, self.best.get(trial.trial_id, float("-inf")))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if trial.trial_id not in self.best:
-            return  # enqueued, or never reported
-        self.finished[trial.trial_id] = trial
-        ranked = sorted(self.best, key=self.best.get, reverse=True)
-        kept = set(ranked[:self.keep])
-        for trial_id, finished in self.finished.items():
-            if trial_id in kept or trial_id in self.dropped:
-                continue
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            checkpoint.filesystem.delete_dir(checkpoint.path)
+        if not self.keep or self.tracking is None:
+            return
+        finished = {t.trial_id for t in trials if t.status == "TERMINATED"} | {trial.trial_id}
+        kept = set(sorted(self.best, key=self.best.get, reverse=True)[:self.keep])
+        for trial_id in sorted((finished & set(self.best)) - kept - self.dropped):
             self.dropped.add(trial_id)
-            checkpoint = finished.checkpoint
-            if checkpoint is not None:
-                checkpoint.filesystem.delete_dir(checkpoint.path)
-            if self.tracking is not None:
-                if self._sweep is None:
-                    self._sweep = SweepRun(self.tracking)
-                self._sweep.drop_model(trial_id, MODEL_FILE)
+            if self._sweep is None:
+                self._sweep = SweepRun(self.tracking)
+            self._sweep.drop_model(trial_id, MODEL_FILE)
 
 
 def _error_text(trial) -> str:
@@ -277,7 +274,7 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm
         run_config=RunConfig(
             name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
             callbacks=[SweepProgress(args.num_samples, references, tracking),
-                       *([CheckpointRetention(args.keep_checkpoints, tracking)] if args.keep_checkpoints else [])],
+                       CheckpointRetention(args.keep_checkpoints, tracking)],
             # The latest checkpoint only: what a retry or --resume needs. MLflow keeps the best epoch.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             # A trial on a lost node (or one that failed) restarts from its last checkpoint elsewhere.
