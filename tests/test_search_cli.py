@@ -99,7 +99,6 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     """What a user sees in the UI, read through MlflowClient: names, statuses, the parent's summary."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.leaderboard import results_frame  # noqa: F401  (the leaderboard's own frame is Ray-side)
     from analysis.sweep_runs import find_parent_run, sweep_frame
 
     client = MlflowClient(tiny_sweep.uri)
