@@ -14,6 +14,37 @@ def test_asha_never_stops_an_enqueued_trial_but_stops_a_searched_one():
     decisions = [scheduler.on_trial_result(None, t, {"epoch": 1, "objective": v, "baseline": b})
                  for t, v, b in zip(trials, [0.9, 0.95, 0.1, 0.1], ["", "", "seed000", ""])]
     assert decisions == [TrialScheduler.CONTINUE] * 3 + [TrialScheduler.STOP]
+    # The stop is marked as ASHA's on the trial; a time budget or Ctrl-C stops trials the same way.
+    assert [getattr(t, "stopped_by", None) for t in trials] == [None, None, None, "asha"]
+
+
+def test_only_a_trial_asha_stopped_is_closed_as_stopped(tmp_path):
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from anomaly_ae.tracking import SweepRun, TrialRun
+    from trainables.sweep import SweepProgress
+
+    sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "wiring", {"space": "quick"}, grace_s=5)
+    progress = SweepProgress(2, tracking=sweep.tracking, quiet=True)
+    trials = []
+    for trial_id, marker in (("by-asha", "asha"), ("by-budget", None)):
+        TrialRun(sweep.tracking, {"variant": "conv_ae", "score": "mse", "baseline": None}, trial_id).log_report(
+            {"objective": 0.5, "epoch": 1}, 1)
+        trial = SimpleNamespace(trial_id=trial_id, status="TERMINATED", config={"variant": "conv_ae"},
+                                last_result={"objective": 0.5, "epoch": 1, "final": 0, "baseline": ""})
+        if marker:
+            trial.stopped_by = marker
+        trials.append(trial)
+        progress.on_trial_complete(0, trials, trial)
+    progress.sweep.writer.flush()
+    runs = {r.data.tags["trial_id"]: r for r in MlflowClient(sweep.tracking.tracking_uri).search_runs(
+        [sweep.tracking.experiment_id], "tags.trial_id != ''")}
+    assert runs["by-asha"].info.status == "FINISHED" and runs["by-asha"].data.tags["stopped_by"] == "asha"
+    assert runs["by-budget"].info.status == "RUNNING"  # the sweep's end closes it, knowing why it stopped
+    assert sweep.end("KILLED") == 1
+    assert MlflowClient(sweep.tracking.tracking_uri).get_run(runs["by-budget"].info.run_id).info.status == "KILLED"
 
 
 def test_tpe_startup_ends_when_the_first_searched_trial_is_proposed():

@@ -114,7 +114,9 @@ class SweepProgress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
         how = trial_outcome(r)
-        if how == "stopped" and self.sweep is not None:
+        # A trial ASHA stopped is closed here. One stopped by the time budget or a Ctrl-C is left
+        # open, for the sweep's end to close (FINISHED with stopped_by=time_budget, or KILLED).
+        if how == "stopped" and getattr(trial, "stopped_by", None) == "asha" and self.sweep is not None:
             self.sweep.trial_stopped(trial.trial_id, int(r.get("epoch", 0)))
         self._finished(trials, trial, how)
 
@@ -246,7 +248,13 @@ class EnqueuedRunToEnd(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         decision = super().on_trial_result(tune_controller, trial, result)
-        return TrialScheduler.CONTINUE if result.get("baseline") else decision
+        if result.get("baseline"):
+            return TrialScheduler.CONTINUE
+        if decision == TrialScheduler.STOP:
+            # Marked on the trial: Tune stops trials the same way at a time budget or a Ctrl-C, and
+            # only this stop is ASHA's (SweepProgress tells them apart by it).
+            trial.stopped_by = "asha"
+        return decision
 
 
 def make_scheduler(args, epochs: int):
