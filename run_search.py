@@ -610,8 +610,6 @@ def cmd_benchmark(args) -> int:
         raise UsageError(f"--data: no train/ folder in {data}")
     from analysis.benchmark_throughput import benchmark, summary_lines
 
-    import torch
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs, options, packing = benchmark(data, args.variants, args.batch_sizes, args.crops, args.repeats,
                                          args.loader_workers, args.sweep_samples)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ model, loss, optimizer and number of crops), compared two by two on the same wor
   seed pipeline is what the write-ups did, a folder Dataset that opens each crop with PIL, per-image
   torchvision transforms, and a DataLoader.
 
-The three are interleaved per repeat and the median is kept, so the ratios compare like with like on a
+The four are interleaved per repeat and the median is kept, so the ratios compare like with like on a
 noisy machine. With CUDA, the same table on the GPU, and trials per hour of short real sweeps at
 fractional ``--gpus-per-trial``.
 """
@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -54,6 +53,18 @@ def timed(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - tick
+
+
+def interleaved_medians(runs: dict, device: torch.device, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable: one warm-up each, then ``repeats`` rounds that run them in turn,
+    so that a slow patch of a noisy machine hits all of them alike."""
+    for fn in runs.values():  # warm-up: allocator, cuDNN autotuning, page cache
+        timed(fn, device)
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn, device))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def epoch_config(variant: str, batch_size: int, **options) -> dict:
@@ -124,13 +135,7 @@ def measure_variant(variant: str, batch_size: int, paths: list[Path], train_u8: 
 
     runs = {"project": lambda: train_one_epoch(state, cfg, resident), "bare": bare,
             "project_augmented": lambda: train_one_epoch(state_aug, cfg_aug, resident), "seed_pipeline": seed_pipeline}
-    for fn in runs.values():  # warm-up: allocator, cuDNN autotuning, page cache
-        timed(fn, device)
-    times = {k: [] for k in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():  # interleaved: a slow patch of the machine hits all three
-            times[name].append(timed(fn, device))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(runs, device, repeats)
     return {"device": device.type, "variant": variant, "batch_size": batch_size, "crops": steps * batch_size,
             "project_s_per_epoch": med["project"], "bare_s_per_epoch": med["bare"],
             "seed_pipeline_s_per_epoch": med["seed_pipeline"],
@@ -147,17 +152,10 @@ def measure_options(variant: str, batch_size: int, train_u8: torch.Tensor, devic
     runs = {}
     for name, extra in options.items():
         cfg = epoch_config(variant, batch_size, **extra)
-        state = build_trial(cfg, train_u8, device)
-        runs[name] = (lambda s=state, c=cfg: train_one_epoch(s, c, resident))
-        timed(runs[name], device)
-    times = {k: [] for k in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            times[name].append(timed(fn, device))
-    base = statistics.median(times["fp32"])
+        runs[name] = (lambda s=build_trial(cfg, train_u8, device), c=cfg: train_one_epoch(s, c, resident))
+    med = interleaved_medians(runs, device, repeats)
     return [{"device": device.type, "variant": variant, "batch_size": batch_size, "option": name,
-             "s_per_epoch": statistics.median(t), "vs_fp32": statistics.median(t) / base}
-            for name, t in times.items()]
+             "s_per_epoch": t, "vs_fp32": t / med["fp32"]} for name, t in med.items()]
 
 
 def sweep_rate(data: Path, gpus_per_trial: float, num_samples: int, work: Path) -> dict:

@@ -109,12 +109,17 @@ class Preprocess:
         return asdict(self)
 
 
+def device_rand(gen: torch.Generator, dev: torch.device, *shape) -> torch.Tensor:
+    """Uniform numbers drawn where the generator lives, moved to ``dev`` (a no-op when they match)."""
+    return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+
+
 def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
     """Batch-level augmentation of [0, 1] images, on whatever device x is on."""
     n, dev = x.shape[0], x.device
 
     def rand(*shape):
-        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)  # a no-op when gen is on dev
+        return device_rand(gen, dev, *shape)
 
     def uniform(*shape, scale=1.0):
         return (rand(*shape) * 2 - 1).mul_(scale)
@@ -151,7 +156,7 @@ def corrupt_with_spills(x: torch.Tensor, prob: float, gen: torch.Generator) -> t
     dev = x.device
 
     def rand(*shape):
-        return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+        return device_rand(gen, dev, *shape)
 
     # No early return when no crop is chosen: that test would sync the host every step.
     chosen = (rand(n) < prob).view(n, 1, 1, 1)
@@ -280,8 +285,8 @@ def fit_closed_form(state: TrialState, cfg: dict, train_u8: torch.Tensor, chunk:
     pre = state.preprocess
     gen = state.generator
     order = torch.randperm(len(train_u8), generator=gen, device=gen.device).to(train_u8.device)
-    inputs = torch.cat([pre.normalise(augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg,
-                                              state.generator)) for i in range(0, len(order), chunk)])
+    inputs = torch.cat([pre.normalise(augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg, gen))
+                        for i in range(0, len(order), chunk)])
     state.model.fit(inputs)
     state.epoch += 1
     recon = torch.cat([state.model(inputs[i:i + chunk]).recon for i in range(0, len(inputs), chunk)])
