@@ -39,6 +39,7 @@ from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS  # noqa: E402  (li
 POLICY_CHOICES = ["tnr_target", "midpoint", "best_f1", "tpr_target", "min_anomaly", "normal_quantile"]
 # Chosen by measurement on the default dataset: see README, "Selection under a test shift".
 DEFAULT_OBJECTIVE = "clean"
+DEFAULT_OBJECTIVE_WITH_SITE = "site"
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO / "data" / "default"
@@ -104,9 +105,11 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-selection", choices=list(SCORE_SELECTIONS), default="best",
                    help="best: judge each trial by its best score from one forward pass (fan-out); fixed: by the "
                         "score it sampled. Seed baselines always keep their own score (default best)")
-    p.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE,
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=None,
                    help="clean: val TPR at TNR >= target; worst_of_shift: the lower of that and the same on "
-                        f"nuisance-perturbed val crops (default {DEFAULT_OBJECTIVE})")
+                        "nuisance-perturbed val crops; site: val TPR at the threshold the site rule fixes on the "
+                        f"site pool (default: {DEFAULT_OBJECTIVE_WITH_SITE} with a site pool, else {DEFAULT_OBJECTIVE})")
+    add_site_args(p)
     p.add_argument("--warm-start", default=None, metavar="EXPERIMENT[,EXPERIMENT...]",
                    help="seed the study with the finished trials of these experiments' sweeps (default: earlier "
                         "sweeps of this space on the same dataset content in this tracking store)")
@@ -118,6 +121,30 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-failures", type=int, default=3,
                    help="retries of a failed trial (a lost node, an error), each from its last checkpoint; "
                         "-1 = unlimited (default 3)")
+
+
+def unit_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+def risk(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {value}")
+    return value
+
+
+def add_site_args(p: argparse.ArgumentParser, folder_help: str | None = None) -> None:
+    p.add_argument("--site", type=Path, default=None,
+                   help=folder_help or "site pool: unlabelled crops from where the detector will run (default: "
+                                       "DATA/site/ when it exists)")
+    p.add_argument("--site-max-spill-fraction", type=unit_fraction, default=None,
+                   help="stated upper bound on the share of spills in the site pool (default 0.05)")
+    p.add_argument("--site-delta", type=risk, default=None,
+                   help="risk that the site threshold breaks its TNR promise (default 0.05)")
 
 
 def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
@@ -165,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
     promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
                          help="where to write the promoted config (default ./best_config.yaml)")
+    add_site_args(promote, "fix the shipped threshold on this site pool (default: the sweep's own, if it had one)")
     bench = sub.add_parser("benchmark-search", help="TPE against random sampling at equal wall-clock budget",
                            description="Run K sweeps with TPE and K with random sampling, interleaved, each at the "
                                        "same wall-clock budget with the seed baselines enqueued; print and plot the "
@@ -212,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold-policy", choices=POLICY_CHOICES, default=None,
                          help="refix the threshold on the model's validation scores with this policy "
                               "(default: the registered threshold, fixed at promotion)")
+    add_site_args(predict, "recalibrate the threshold by the site rule on this folder of unlabelled crops from the "
+                           "conditions of --images (a new window of the site)")
+    predict.add_argument("--alarm-level", type=risk, default=None,
+                         help="p-value below which the drift alarm fires (default 0.01)")
     return parser
 
 
@@ -334,10 +366,14 @@ def new_sweep(args, experiment: str, checked: dict):
             print(f"generating the default dataset in {data_dir} (scale {args.scale}) ...", flush=True)
             print(f"  {make_dataset(data_dir, scale=args.scale, seed=0, overwrite=True)}", flush=True)
     tick = time.perf_counter()
-    data = load_proliv(data_dir)
+    data = load_proliv(data_dir, site=args.site, site_max_spill_fraction=site_bound(args),
+                       site_delta=site_risk(args))
     splits = make_splits(data, args.val_fraction, args.val_spill_fraction, seed=0)
+    site_note = f", {len(data.site)} site crops from {data.site.root}" if data.site is not None else ", no site pool"
     print(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
-          f"{len(splits.val_spill)} val spills; decoded/cached in {time.perf_counter() - tick:.1f}s)", flush=True)
+          f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)",
+          flush=True)
+    resolve_objective(args, data.site)
     perceptual = find_perceptual()
     points = []
     if checked["config"] is not None:
@@ -355,6 +391,7 @@ def new_sweep(args, experiment: str, checked: dict):
         "split_seed": "0", "ray_experiment_path": experiment_path_of(args, experiment),
         "objective": args.objective, "score_selection": args.score_selection, "sampler": args.sampler,
         "scheduler": args.scheduler, "seed": str(args.seed), "grace_period": str(args.grace_period),
+        "labelled_hash": data.labelled_hash, **(data.site.describe() if data.site is not None else {}),
     }
     warm_trials = gather_warm_start(args, tags, perceptual)
     from anomaly_ae.tracking import SweepRun
@@ -368,6 +405,32 @@ def new_sweep(args, experiment: str, checked: dict):
     return sweep, lambda: run_sweep(args, splits, sweep.tracking, points, perceptual, warm_trials, references)
 
 
+def site_bound(args) -> float:
+    return 0.05 if args.site_max_spill_fraction is None else args.site_max_spill_fraction
+
+
+def site_risk(args) -> float:
+    return 0.05 if args.site_delta is None else args.site_delta
+
+
+def resolve_objective(args, site) -> None:
+    """The objective, once the data shows whether there is a site pool; the site objective needs one,
+    and one large enough for the site rule."""
+    from anomaly_ae.thresholds import min_site_pool_size
+
+    if args.objective is None:
+        args.objective = DEFAULT_OBJECTIVE_WITH_SITE if site is not None else DEFAULT_OBJECTIVE
+    if site is None:
+        if args.objective == "site":
+            raise UsageError("--objective site: there is no site pool (give --site DIR, or put crops in DATA/site/)")
+        return
+    need = min_site_pool_size(args.tnr_target, site.max_spill_fraction, site.delta)
+    if len(site) < need:
+        raise UsageError(f"--site: {site.root} holds {len(site)} crops; the site threshold needs at least {need} "
+                         f"for TNR >= {args.tnr_target} with probability {1 - site.delta:g} at a spill bound of "
+                         f"{site.max_spill_fraction:g}")
+
+
 def score_references(sweep, splits, args) -> dict[str, float]:
     """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
     from anomaly_ae.references import fit_references
@@ -379,6 +442,9 @@ def score_references(sweep, splits, args) -> dict[str, float]:
                    "fit_seconds": ref.fit_seconds}
         if "tpr_at_tnr_shift" in ref.metrics:
             metrics["objective_shift"] = ref.metrics["tpr_at_tnr_shift"]
+        if "tpr_at_site" in ref.metrics:
+            metrics.update(objective_site=ref.metrics["tpr_at_site"], site_margin=ref.metrics["site_margin"])
+        metrics.update(objective_clean=ref.metrics["tpr_at_tnr"], val_margin=ref.metrics["val_margin"])
         sweep.log_reference(ref.name, ref.description, metrics)
     print("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs), flush=True)
     return {r.name: r.objective for r in refs}
@@ -428,6 +494,7 @@ def resumed_sweep(args, experiment: str):
     parent = find_parent_run(client, experiment)
     args.space = parent.data.tags.get("space", args.space)
     args.num_samples = int(parent.data.tags.get("num_samples", args.num_samples))
+    args.objective = parent.data.tags.get("objective", DEFAULT_OBJECTIVE)
     _, splits = load_sweep_data(parent, args.data)
     # Runs the interruption cut off are marked KILLED; a resumed trial reopens its own run.
     sweep, closed = SweepRun.reopen(args.tracking_uri, parent)
@@ -524,20 +591,27 @@ def cmd_promote(args) -> int:
     try:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
                          args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
-                         args.parent, args.threshold_policy, not args.no_references)
+                         args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
+                         site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
+    from analysis.promote import operating_line
+
     p = result.promoted
-    print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures at the "
-          f"threshold fixed on validation with {args.threshold_policy}, beside the sweep's seed baselines and the "
-          f"reference detectors (own_*: at each one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold "
-          f"fixed on test itself would give at the TNR target, for reference only):")
+    print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures beside the "
+          f"sweep's seed baselines and the reference detectors: test_* at the threshold fixed on validation with "
+          f"{args.threshold_policy}, site_* at the threshold the site rule fixes on the site pool (own_*: at each "
+          f"one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold fixed on test itself would give at the "
+          f"TNR target, for reference only):")
     print(format_comparison(result.table))
     if p.retrain_spread:
         s = p.retrain_spread
         print(f"retrain spread over seeds {s['seeds']}: test TPR {s['test_tpr_mean']:.4f} ± {s['test_tpr_std']:.4f}, "
               f"TNR {s['test_tnr_mean']:.4f} ± {s['test_tnr_std']:.4f}")
+    print(f"  validation threshold: {operating_line(p.report)}")
+    if "site" in p.report:
+        print(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
     print(f"registered {args.model_name} version {result.version.version} with alias 'champion' "
           f"(models:/{args.model_name}@champion)")
     print(f"wrote {result.config_path} (reproduce with: python run_search.py search --config {result.config_path})")
@@ -546,23 +620,49 @@ def cmd_promote(args) -> int:
 
 def cmd_predict(args) -> int:
     import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient
 
+    from anomaly_ae.drift import drift_lines
     from anomaly_ae.serving import score_folder
+    from anomaly_ae.tracking import log_prediction
 
+    if args.site is not None and args.threshold_policy:
+        raise UsageError("--site and --threshold-policy both refix the threshold; give one")
     ref = f"models:/{args.model_name}/{args.model}" if args.model.isdigit() else f"models:/{args.model_name}@{args.model}"
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(ref)
     except mlflow.exceptions.MlflowException as exc:
         raise UsageError(f"--model: cannot load {ref} from {args.tracking_uri}: {exc.message}") from exc
+    detector_model = model.unwrap_python_model()
     if args.threshold_policy:
-        model.unwrap_python_model().use_policy(args.threshold_policy)
-    detector = model.unwrap_python_model().detector
+        detector_model.use_policy(args.threshold_policy)
+    if args.site is not None:
+        from anomaly_ae.data import load_site_pool
+
+        pool = load_site_pool(args.site, tuple(detector_model.detector["decode_size"]), site_bound(args),
+                              site_risk(args))
+        detector_model.calibrate_on_site(pool)
+        print(f"recalibrated on {len(pool)} site crops from {args.site}: threshold "
+              f"{detector_model.detector['threshold']:.6g} (TNR >= {detector_model.detector['tnr_target']} "
+              f"with probability {1 - pool.delta:g}, spill bound {pool.max_spill_fraction:g})")
+    detector = detector_model.detector
     frame = score_folder(model, args.images, tuple(detector["decode_size"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(args.out, index=False)
     print(f"wrote {args.out}: {len(frame)} crops, {int(frame['label'].sum())} flagged as spills "
           f"(score {detector['score']} > threshold {detector['threshold']:.6g}, policy {detector['policy']})")
+    check = detector_model.drift(frame["score"].to_numpy(), args.site_max_spill_fraction, args.alarm_level)
+    for line in drift_lines(check):
+        print(line, file=sys.stderr if check["alarm"] else sys.stdout)
+    client = MlflowClient(args.tracking_uri)
+    version = (client.get_model_version(args.model_name, args.model) if args.model.isdigit()
+               else client.get_model_version_by_alias(args.model_name, args.model))
+    log_prediction(args.tracking_uri, version, f"predict·{args.images.name}·{time.strftime('%Y-%m-%d %H:%M')}",
+                   params={"images": str(args.images.resolve()), "threshold": detector["threshold"],
+                           "policy": detector["policy"], "calibration": detector["calibration"]["source"]},
+                   metrics={k: float(v) for k, v in check.items()},
+                   tags={"drift_alarm": int(check["alarm"]), "score_shift": int(check["shifted"])})
     return 0
 
 

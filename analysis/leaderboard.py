@@ -8,6 +8,7 @@ import pandas as pd
 from analysis.sweep_runs import trial_row
 from anomaly_ae.baselines import is_seed_baseline, match_baseline
 from anomaly_ae.config import validate_config
+from anomaly_ae.selection import tie_break
 from search_spaces import config_from_params
 
 
@@ -22,16 +23,31 @@ def results_frame(results) -> pd.DataFrame:
         has_history = history is not None and "objective" in history and history["objective"].notna().any()
         best = history["objective"].max() if has_history else math.nan
         last = result.metrics or {}
-        # The score the trial was judged by at its best epoch (the fan-out's winner).
-        score = history.loc[history["objective"].idxmax()].get("score", cfg["score"]) if has_history else cfg["score"]
+        # The score the trial was judged by at its best epoch (the fan-out's winner), and that epoch's figures.
+        at_best = history.loc[history["objective"].idxmax()] if has_history else pd.Series(dtype=object)
+        score = at_best.get("score", cfg["score"]) if has_history else cfg["score"]
         rows.append({
             "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1]),
             "baseline": match_baseline(cfg) or "", **trial_row(cfg), "score": score,
             "best_objective": best, "final_objective": last.get("objective", math.nan),
+            **{key: float(at_best.get(key, math.nan)) for key in ("objective_clean", "objective_site")},
+            "tie_break": tie_break({k: float(at_best.get(k, math.nan)) for k in ("site_margin", "val_margin")},
+                                   cfg["objective"]),
             "val_auroc": last.get("val_auroc", math.nan), "epochs": last.get("epoch", 0),
             "status": "ERROR" if result.error else ("DIVERGED" if last.get("diverged") else "OK"),
         })
-    return pd.DataFrame(rows).sort_values("best_objective", ascending=False, na_position="last")
+    return rank_trials(pd.DataFrame(rows))
+
+
+def rank_trials(frame: pd.DataFrame) -> pd.DataFrame:
+    """Best objective first; a tie is broken by the margin at the operating point (``selection.tie_break``)."""
+    return frame.sort_values(["best_objective", "tie_break"], ascending=False, na_position="last")
+
+
+def top_tie(frame: pd.DataFrame) -> tuple[int, float]:
+    """How many trials share the top objective, and that objective."""
+    best = frame["best_objective"].max()
+    return int((frame["best_objective"] == best).sum()), float(best)
 
 
 def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -45,16 +61,19 @@ def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFram
     if "objective_lo" in shown:
         shown = shown.assign(objective_ci=[f"{lo:.3f}-{hi:.3f}" if math.isfinite(lo) else "-"
                                            for lo, hi in zip(shown["objective_lo"], shown["objective_hi"])])
-    cols = ["rank", "trial_id", "baseline", "variant", "score", "best_objective", "objective_ci", "val_auroc",
-            "epochs", "status", "image", "normalisation", "lr", "batch_size"]
+    cols = ["rank", "trial_id", "baseline", "variant", "score", "best_objective", "objective_ci", "objective_clean",
+            "objective_site", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
     return shown[[c for c in cols if c in shown]]
 
 
 def format_leaderboard(frame: pd.DataFrame, top: int = 10, references: pd.DataFrame | None = None) -> str:
-    title = ("Leaderboard: objective = val TPR at TNR >= target (best epoch); seed baselines marked, "
-             "reference detectors (ref:) last")
+    title = ("Leaderboard: best_objective = the sweep's objective at the best epoch (objective_clean: val TPR at "
+             "TNR >= target on val normals; objective_site: val TPR at the site threshold); ties broken by "
+             "tie_break, the margin at the operating point; seed baselines marked, reference detectors (ref:) last")
     rows = leaderboard_rows(frame, top, references)
-    return title + "\n" + rows.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+    tied, best = top_tie(frame)
+    note = f"\n{tied} trials share the top objective {best:.4f}; tie_break orders them" if tied > 1 else ""
+    return title + "\n" + rows.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-") + note
 
 
 def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
@@ -88,4 +107,4 @@ def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
     best = frame["best_objective"]
     return {"best_objective": best.max(), "best_searched_objective": best[enqueued == ""].max(),
             "best_baseline_objective": best[enqueued.map(is_seed_baseline)].max(), "trials_total": len(frame),
-            "trials_ok": int((frame["status"] == "OK").sum())}
+            "trials_ok": int((frame["status"] == "OK").sum()), "trials_tied_at_top": top_tie(frame)[0]}

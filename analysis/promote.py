@@ -1,7 +1,9 @@
 """`run_search.py promote`: one honest test evaluation, then the MLflow registry alias `champion`.
 
-The threshold is fixed on validation with the trial's policy; test is scored
-once, for the promoted trial and for the sweep's seed baselines, side by side.
+The threshold is fixed on validation with the trial's policy and, when the sweep
+has a site pool, on that pool by the site rule; the detector ships with the site
+threshold then. Test is scored once, for the promoted trial and for the sweep's
+seed baselines and references, side by side, at both thresholds.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import yaml
 
 from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.baselines import SEED_BASELINES
-from anomaly_ae.evaluation import report_at_policies, test_report
+from anomaly_ae.evaluation import operating_report, report_at_policies, site_calibration, test_report
 from anomaly_ae.training import checkpoint_payload, load_trained, train_and_validate
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
@@ -82,8 +84,9 @@ def reference_candidates(splits, policy: str, tnr_target: float, objective: str)
     out = []
     test = torch.from_numpy(np.ascontiguousarray(splits.test))
     for ref in fit_references(splits, tnr_target, objective):
+        site = site_calibration(ref.val_scores["site"], tnr_target, splits.site) if "site" in ref.val_scores else None
         report = report_at_policies(ref.val_scores["normal"], ref.val_scores["spill"], ref.score(test),
-                                    splits.test_labels, (policy,), tnr_target)
+                                    splits.test_labels, (policy,), tnr_target, site)
         out.append(Candidate(f"ref:{ref.name}", "-", "-", None, report, own_policy=policy,
                              variant=ref.description, score="-", val_objective=ref.objective))
     return out
@@ -118,21 +121,30 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=
     return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
 
 
+def _ci(interval) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}"
+
+
 def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
-    """Test figures at the promotion's policy, and beside them at each candidate's own stated policy."""
+    """Test figures at the promotion's validation policy and, when a site pool fixed one, at the site
+    threshold, side by side; and at each candidate's own stated policy."""
     rows = []
     for c in candidates:
         r = c.report
         own = r.get("by_policy", {}).get(c.own_policy, r)
-        rows.append({
+        row = {
             "config": c.name, "trial_id": c.trial_id, "variant": c.variant, "score": c.score,
             "policy": r["policy"], "val_objective": c.val_objective,
-            "test_tpr": r["tpr"], "tpr_ci": f"{r['tpr_ci'][0]:.3f}-{r['tpr_ci'][1]:.3f}",
-            "test_tnr": r["tnr"], "tnr_ci": f"{r['tnr_ci'][0]:.3f}-{r['tnr_ci'][1]:.3f}",
+            "test_tpr": r["tpr"], "tpr_ci": _ci(r["tpr_ci"]), "test_tnr": r["tnr"], "tnr_ci": _ci(r["tnr_ci"]),
             "TP": r["tp"], "FP": r["fp"], "TN": r["tn"], "FN": r["fn"], "test_auroc": r["auroc"],
             "threshold": r["threshold"], "oracle_tpr_at_tnr": r["oracle_tpr_at_tnr"],
             "own_policy": c.own_policy, "own_test_tpr": own["tpr"], "own_test_tnr": own["tnr"],
-        })
+        }
+        if "site" in r:
+            site = r["site"]
+            row.update({"site_tpr": site["tpr"], "site_tpr_ci": _ci(site["tpr_ci"]), "site_tnr": site["tnr"],
+                        "site_tnr_ci": _ci(site["tnr_ci"]), "site_threshold": site["threshold"]})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -173,6 +185,7 @@ def champion_check(client, model_name: str, report: dict, dataset_hash: str, tnr
     if tags.get("dataset_hash") != dataset_hash:
         return None  # figures on different test data are not comparable; the newer sweep wins
     theirs = {"tpr": float(tags["test_tpr"]), "tnr": float(tags["test_tnr"])}
+    report = operating_report(report)
     if champion_rank(theirs, tnr_target) > champion_rank(report, tnr_target):
         return (f"the current {CHAMPION} ({model_name} version {champ.version}, trial {tags.get('trial_id', '?')}) "
                 f"has better test figures: TPR {theirs['tpr']:.4f} TNR {theirs['tnr']:.4f} against this candidate's "
@@ -180,16 +193,27 @@ def champion_check(client, model_name: str, report: dict, dataset_hash: str, tnr
     return None
 
 
+def operating_line(report: dict) -> str:
+    """One threshold's test figures with Clopper-Pearson intervals."""
+    r = report
+    return (f"TPR {r['tpr']:.4f} [{r['tpr_ci'][0]:.3f}, {r['tpr_ci'][1]:.3f}], TNR {r['tnr']:.4f} "
+            f"[{r['tnr_ci'][0]:.3f}, {r['tnr_ci'][1]:.3f}], TP {r['tp']} FP {r['fp']} TN {r['tn']} FN {r['fn']}")
+
+
 def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -> str:
     from analysis.report import markdown_table
 
     r = promoted.report
     lines = [f"Promoted from sweep `{experiment}`, trial `{promoted.trial_id}` ({promoted.cfg['variant']}, "
-             f"score {promoted.cfg['score']}, threshold policy {r['policy']}).",
-             f"Test (threshold {r['threshold']:.6g} fixed on validation): TPR {r['tpr']:.4f} "
-             f"[{r['tpr_ci'][0]:.3f}, {r['tpr_ci'][1]:.3f}], TNR {r['tnr']:.4f} "
-             f"[{r['tnr_ci'][0]:.3f}, {r['tnr_ci'][1]:.3f}], TP {r['tp']} FP {r['fp']} TN {r['tn']} FN {r['fn']}, "
-             f"AUROC {r['auroc']:.4f}.", ""]
+             f"score {promoted.cfg['score']}).",
+             f"Test at the threshold {r['threshold']:.6g} fixed on validation normals ({r['policy']}): "
+             f"{operating_line(r)}, AUROC {r['auroc']:.4f}."]
+    if "site" in r:
+        cal = r["site"]["calibration"]
+        lines.append(f"Test at the threshold {r['site']['threshold']:.6g} fixed on the site pool ({cal['site_size']} "
+                     f"crops, hash {cal['site_hash'][:12]}, spill bound {cal['site_max_spill_fraction']}, "
+                     f"delta {cal['site_delta']}): {operating_line(r['site'])}. The detector ships with this one.")
+    lines.append("")
     if promoted.retrain_spread:
         s = promoted.retrain_spread
         lines += [f"Retrained with seeds {s['seeds']} (seed {s['chosen_seed']} kept, best on validation): "
@@ -199,6 +223,22 @@ def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -
     return "\n".join(lines + [markdown_table(table)]) + "\n"
 
 
+def detector_spec(promoted: Candidate, decode_size: tuple[int, int]) -> dict:
+    """detector.json: the score, the shipped threshold, and the calibration scores it was fixed on
+    (what predict's drift alarm compares a batch with)."""
+    r = promoted.report
+    spec = {"score": promoted.cfg["score"], "tnr_target": promoted.cfg["tnr_target"],
+            "decode_size": list(decode_size)}
+    if "site" in r:
+        cal = r["site"]["calibration"]
+        return {**spec, "threshold": r["site"]["threshold"], "policy": "site",
+                "calibration": {"source": "site", "scores": cal["scores"].tolist(),
+                                **{k: v for k, v in cal.items() if k.startswith("site_")}}}
+    normals = promoted.payload["val_scores"]["normal"][promoted.cfg["score"]]
+    return {**spec, "threshold": r["threshold"], "policy": r["policy"],
+            "calibration": {"source": "validation", "scores": np.asarray(normals, dtype=float).tolist()}}
+
+
 def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
              decode_size: tuple[int, int], dataset_hash: str, config_path: Path):
     """Log the detector as a pyfunc model (from code) in a promotion run, register it, set the alias."""
@@ -206,24 +246,28 @@ def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: s
     from anomaly_ae.serving import DETECTOR_FILE
     from anomaly_ae.tracking import register_detector
 
-    r = promoted.report
+    r = operating_report(promoted.report)
+    spec = detector_spec(promoted, decode_size)
+    pool = {k: v for k, v in spec["calibration"].items() if k.startswith("site_")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         save_checkpoint(folder / MODEL_FILE, promoted.payload, with_optimizer=False)
-        (folder / DETECTOR_FILE).write_text(json.dumps({
-            "score": promoted.cfg["score"], "threshold": r["threshold"], "policy": r["policy"],
-            "tnr_target": promoted.cfg["tnr_target"], "decode_size": list(decode_size)}, indent=2))
+        (folder / DETECTOR_FILE).write_text(json.dumps(spec, indent=2))
         (folder / "test_report.md").write_text(markdown)
         return register_detector(
             tracking_uri, parent, name=f"promote·{promoted.trial_id}", trial_id=promoted.trial_id,
-            params={"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"], "threshold": r["threshold"]},
-            metrics={"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": r["auroc"]},
+            params={"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"], "threshold": r["threshold"],
+                    "threshold_source": spec["calibration"]["source"], **pool},
+            metrics={"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": promoted.report["auroc"],
+                     "val_threshold_test_tpr": promoted.report["tpr"],
+                     "val_threshold_test_tnr": promoted.report["tnr"]},
             files=[folder / "test_report.md", Path(config_path)], decode_size=tuple(decode_size),
             model_artifacts={"checkpoint": str(folder / MODEL_FILE), "detector": str(folder / DETECTOR_FILE)},
             model_name=model_name, description=markdown, alias=CHAMPION, version_tags={
                 "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "dataset_hash": dataset_hash,
-                "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}", "test_auroc": f"{r['auroc']:.6f}",
-                "threshold": f"{r['threshold']:.9g}", "score": promoted.cfg["score"]})
+                "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}",
+                "test_auroc": f"{promoted.report['auroc']:.6f}", "threshold": f"{r['threshold']:.9g}",
+                "score": promoted.cfg["score"], "threshold_source": spec["calibration"]["source"], **pool})
 
 
 @dataclass
@@ -239,9 +283,11 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             force: bool = False, model_name: str = DEFAULT_MODEL_NAME, data_dir: Path | None = None,
             config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
-            log=print) -> Promotion:
+            site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
+            site_delta: float | None = None, log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
-    TNR >= target on validation normals), beside the baselines and references; register it."""
+    TNR >= target on validation normals) and at the site threshold when there is a site pool (the
+    sweep's, or ``site_dir``), beside the baselines and references; register it."""
     parent = find_parent_run(client, experiment, parent_run_id)
     frame = sweep_frame(client, parent)
     if trial is not None:
@@ -255,7 +301,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
         if ok.empty:
             raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
         row = ok.iloc[0]
-    data, splits = load_sweep_data(parent, data_dir)
+    data, splits = load_sweep_data(parent, data_dir, site_dir, site_max_spill_fraction, site_delta)
 
     def policies(baseline: str, cfg: dict) -> tuple[str, ...]:
         own = stated_policy(baseline, cfg)
@@ -296,17 +342,17 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
                                     parent.data.tags.get("objective", "clean"))
     table = comparison_table([promoted, *sorted(baselines, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
-    reason = champion_check(client, model_name, report, data.content_hash, promoted.cfg["tnr_target"])
+    reason = champion_check(client, model_name, report, data.labelled_hash, promoted.cfg["tnr_target"])
     if reason and not force:
         raise PromotionRefused(reason)
     config_path = write_best_config(promoted.cfg, config_out)
-    version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.content_hash,
+    version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
                        config_path)
     return Promotion(promoted, table, version, config_path, markdown)
 
 
 def format_comparison(table: pd.DataFrame) -> str:
     cols = ["config", "trial_id", "variant", "score", "val_objective", "policy", "test_tpr", "tpr_ci", "test_tnr",
-            "tnr_ci", "TP", "FP", "TN", "FN", "test_auroc", "threshold", "oracle_tpr_at_tnr", "own_policy",
-            "own_test_tpr", "own_test_tnr"]
-    return table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")
+            "tnr_ci", "site_tpr", "site_tpr_ci", "site_tnr", "site_tnr_ci", "TP", "FP", "TN", "FN", "test_auroc",
+            "threshold", "site_threshold", "oracle_tpr_at_tnr", "own_policy", "own_test_tpr", "own_test_tnr"]
+    return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")

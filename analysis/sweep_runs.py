@@ -94,6 +94,10 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             # The tag holds the score the trial was judged by (the fan-out's winner at its best epoch).
             **trial_row(cfg), "score": run.data.tags.get("score", cfg["score"]),
             "best_objective": best, "objective_lo": lo, "objective_hi": hi,
+            # Logged again at each new best epoch, so the latest values are the best epoch's.
+            "objective_clean": run_metric(run, "best_objective_clean"),
+            "objective_site": run_metric(run, "best_objective_site"),
+            "tie_break": run_metric(run, "best_tie_break", -math.inf),
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
             "selection_bias": run_metric(run, "selection_bias"),
@@ -115,19 +119,33 @@ def sweep_frame(client, parent) -> pd.DataFrame:
     best = frame.groupby("trial_id")["best_objective"].transform("max")
     frame = frame.assign(best_objective=best).drop_duplicates("trial_id", keep="last").reset_index(drop=True)
     frame.insert(0, "trial_number", range(len(frame)))
-    return frame.sort_values(["best_objective", "val_auroc"], ascending=False, na_position="last")
+    return frame.sort_values(["best_objective", "tie_break", "val_auroc"], ascending=False, na_position="last")
 
 
-def load_sweep_data(parent, data_dir: Path | None):
-    """The sweep's dataset and splits; the content hash must match the sweep's."""
+def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
+                    max_spill_fraction: float | None = None, delta: float | None = None):
+    """The sweep's dataset and splits, with its site pool (or ``site_dir``, a new window of site crops).
+
+    train/, proliv/ and test/ must be what the sweep saw (content hash); so must its site pool, unless
+    ``site_dir`` replaces it."""
     from anomaly_ae.data import load_proliv, make_splits
 
     tags = parent.data.tags
     root = Path(data_dir or tags.get("dataset_path", ""))
-    data = load_proliv(root)
-    if tags.get("dataset_hash") and data.content_hash != tags["dataset_hash"]:
-        raise SweepNotFound(f"--data: {root} has content hash {data.content_hash[:12]}, but the sweep ran on "
-                            f"{tags['dataset_hash'][:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
+    bound = float(tags.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
+    risk = float(tags.get("site_delta", 0.05)) if delta is None else delta
+    sweep_site = tags.get("site_path") if "site_hash" in tags else None
+    data = load_proliv(root, site=sweep_site if site_dir is None else site_dir, site_max_spill_fraction=bound,
+                       site_delta=risk)
+    # Sweeps from before site pools recorded no labelled_hash: their dataset_hash is that hash.
+    expected = tags.get("labelled_hash") or (tags.get("dataset_hash") if "site_hash" not in tags else None)
+    if expected and data.labelled_hash != expected:
+        raise SweepNotFound(f"--data: {root} has content hash {data.labelled_hash[:12]}, but the sweep ran on "
+                            f"{expected[:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
+    if site_dir is None and sweep_site is not None and data.site.content_hash != tags["site_hash"]:
+        raise SweepNotFound(f"--site: the sweep's site pool {sweep_site} has changed since (content hash "
+                            f"{data.site.content_hash[:12]}, the sweep saw {tags['site_hash'][:12]}); pass --site "
+                            f"to calibrate on the pool as it is now")
     splits = make_splits(data, float(tags.get("val_normal_fraction", 0.1)), float(tags.get("val_spill_fraction", 1.0)),
                          int(tags.get("split_seed", 0)))
     return data, splits
@@ -160,6 +178,8 @@ def reference_frame(client, parent) -> pd.DataFrame:
         rows.append({"trial_id": "-", "run_id": run.info.run_id, "baseline": f"ref:{name}",
                      "variant": run.data.params.get("description", name), "score": "-",
                      "best_objective": objective, "objective_lo": lo, "objective_hi": hi,
+                     "objective_clean": run_metric(run, "objective_clean"),
+                     "objective_site": run_metric(run, "objective_site"),
                      "val_auroc": run.data.metrics.get("val_auroc", math.nan), "status": run.info.status})
     return pd.DataFrame(rows)
 

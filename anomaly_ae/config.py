@@ -15,10 +15,11 @@ from anomaly_ae.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
 from anomaly_ae.thresholds import THRESHOLD_POLICIES
 
-NORMALISATIONS = ("none", "dataset", "minus_one_one")
+NORMALISATIONS = ("none", "dataset", "minus_one_one", "per_crop")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # The output activation each normalisation implies, unless the config sets one.
-ACTIVATION_FOR_NORMALISATION = {"none": "sigmoid", "minus_one_one": "tanh", "dataset": "identity"}
+ACTIVATION_FOR_NORMALISATION = {"none": "sigmoid", "minus_one_one": "tanh", "dataset": "identity",
+                                "per_crop": "identity"}
 ACTIVATIONS_ALLOWED = {"sigmoid": {"none"}, "tanh": {"none", "minus_one_one"},
                        "identity": set(NORMALISATIONS)}
 
@@ -84,6 +85,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "vflip": (False, _bool),
     "rotation_deg": (0.0, _float(0.0, 30.0)),
     "shift_px": (0.0, _float(0.0, 8.0)),
+    "blur_sigma": (0.0, _float(0.0, 3.0)),  # each crop blurred with sigma ~ U(0, blur_sigma)
     "brightness_jitter": (0.0, _float(0.0, 0.5)),
     "contrast_jitter": (0.0, _float(0.0, 0.5)),
     "colour_jitter": (0.0, _float(0.0, 0.2)),

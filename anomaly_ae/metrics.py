@@ -132,6 +132,22 @@ def average_precision(normal_scores, anomaly_scores) -> float:
     return float(np.sum(np.diff(tpr) * precision))
 
 
+def operating_margin(normal_scores, anomaly_scores, threshold: float, quantile: float = 0.05) -> float:
+    """How far the weak anomalies stand above ``threshold``, in units of the normals' spread below it.
+
+    ``(q(anomalies) - threshold) / (threshold - median(normals))`` with q the ``quantile``-th quantile:
+    the spill at the edge of TPR 1 - quantile. Scale-free, so it compares across scores, and it keeps
+    separating detectors after their TPR has saturated at 1.0. Positive: that spill is flagged with room
+    to spare; the larger, the further the threshold (or the spills) can move before TPR falls.
+    """
+    normals = _as_scores(normal_scores, "normal_scores")
+    anomalies = _as_scores(anomaly_scores, "anomaly_scores")
+    spread = threshold - float(np.median(normals))
+    if not math.isfinite(threshold) or spread <= 0:
+        return math.nan
+    return float((np.quantile(anomalies, quantile) - threshold) / spread)
+
+
 def detection_summary(normal_scores, anomaly_scores, tnr: float = 0.95) -> dict:
     """Every ranking metric the trainable reports for one score type."""
     tpr, threshold = tpr_at_tnr(normal_scores, anomaly_scores, tnr)

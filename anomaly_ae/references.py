@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from anomaly_ae.baselines import PCA_REFERENCE
 from anomaly_ae.config import validate_config
 from anomaly_ae.selection import score_objective
-from anomaly_ae.training import build_trial, fit_closed_form, nuisance_split, score_images, score_summary
+from anomaly_ae.training import (
+    SiteInput, build_trial, fit_closed_form, nuisance_split, score_images, score_summary, site_metrics,
+)
 
 KNN_K, KNN_SIZE = 5, (16, 24)
 REFERENCE_NAMES = ("pca16", "knn5")
@@ -31,8 +33,8 @@ class Reference:
     name: str
     description: str
     score: Callable[[torch.Tensor], np.ndarray]  # uint8 crops (N, H, W, 3) -> one score each
-    val_scores: dict  # {"normal": array, "spill": array}
-    metrics: dict  # score_summary of the validation scores (+ tpr_at_tnr_shift)
+    val_scores: dict  # {"normal": array, "spill": array} (+ "site": array)
+    metrics: dict  # score_summary of the validation scores (+ tpr_at_tnr_shift, + the site metrics)
     objective: float
     fit_seconds: float
 
@@ -80,6 +82,10 @@ def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = 
     shifted = nuisance_split(normal, spill, {"objective": objective})
     if shifted is not None:  # the same perturbed crops the trials are judged on
         metrics["tpr_at_tnr_shift"] = score_summary(scorer(shifted[0]), scorer(shifted[1]), tnr_target)["tpr_at_tnr"]
+    site = SiteInput.of(getattr(splits, "site", None))
+    if site is not None:  # the same pool and rule the trials are judged with
+        val["site"] = scorer(site.images)
+        metrics.update(site_metrics(val["site"], val["spill"], tnr_target, site))
     return Reference(name, description, scorer, val, metrics, score_objective(metrics, objective),
                      time.perf_counter() - tick)
 

@@ -11,21 +11,42 @@ import math
 
 import numpy as np
 
-from anomaly_ae.metrics import tpr_at_tnr
+from anomaly_ae.metrics import operating_margin, tpr_at_tnr
+from anomaly_ae.thresholds import site_threshold
 
 SCORE_SELECTIONS = ("fixed", "best")
 # clean: TPR at TNR >= target on validation as it is; worst_of_shift: the lower of that and the
-# same figure on validation crops under nuisance perturbations (anomaly_ae.nuisance).
-OBJECTIVES = ("clean", "worst_of_shift")
+# same figure on validation crops under nuisance perturbations (anomaly_ae.nuisance); site: the TPR
+# on validation spills at the threshold the site rule fixes on the trial's own site-pool scores.
+OBJECTIVES = ("clean", "worst_of_shift", "site")
 
 
 def score_objective(metrics: dict, objective: str) -> float:
-    """One score's objective from its metrics (``tpr_at_tnr`` and, under shift, ``tpr_at_tnr_shift``)."""
+    """One score's objective from its metrics (``tpr_at_tnr``; ``tpr_at_tnr_shift``; ``tpr_at_site``)."""
     if objective == "clean":
         return metrics["tpr_at_tnr"]
     if objective == "worst_of_shift":
         return min(metrics["tpr_at_tnr"], metrics["tpr_at_tnr_shift"])
+    if objective == "site":
+        return metrics["tpr_at_site"]
     raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
+
+
+def tie_break(metrics: dict, objective: str) -> float:
+    """What separates detectors whose objective ties (at 1.000, say): the margin at their operating point.
+
+    The site objective's margin is measured against the site pool at the site threshold, so it predicts
+    how the threshold fares under the shift; the others' against validation normals."""
+    value = metrics.get("site_margin" if objective == "site" else "val_margin", math.nan)
+    return value if value == value else -math.inf
+
+
+def site_summary(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, max_spill_fraction: float,
+                 delta: float) -> dict:
+    """A score on the site pool: the site threshold, the validation spills' TPR at it, and the margin."""
+    threshold = site_threshold(site_scores, tnr, max_spill_fraction, delta)
+    return {"site_threshold": threshold, "tpr_at_site": float(np.mean(np.asarray(spill_scores) > threshold)),
+            "site_margin": operating_margin(site_scores, spill_scores, threshold)}
 
 
 def choose_score(metrics: dict[str, dict], fixed_score: str, selection: str, objective: str) -> str:
@@ -37,7 +58,7 @@ def choose_score(metrics: dict[str, dict], fixed_score: str, selection: str, obj
 
     def rank(name):
         m = metrics[name]
-        return (score_objective(m, objective), m["pauroc"], m["auroc"], name == fixed_score)
+        return (score_objective(m, objective), tie_break(m, objective), m["pauroc"], m["auroc"], name == fixed_score)
 
     return max(metrics, key=rank)
 

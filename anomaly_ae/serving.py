@@ -2,9 +2,9 @@
 
 The registered model is logged as code (``detector_model.py``); its artifacts are the trial's
 ``model.pt`` (weights, config, preprocessing, validation score distributions; tensors and plain
-types only) and ``detector.json`` (the score
-type, the threshold fixed on validation, the decode size). ``predict`` takes
-uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
+types only) and ``detector.json`` (the score type, the threshold, the decode size, and the
+calibration scores the threshold was fixed on: the site pool's, or the validation normals'). ``predict``
+takes uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
 """
 from __future__ import annotations
 
@@ -29,23 +29,49 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         self.cfg = payload["config"]
         self.val_scores = payload["val_scores"]
         self.state = load_trained(payload)
+        # Detectors registered before site calibration were fixed on validation normals.
+        self.detector.setdefault("calibration", {
+            "source": "validation", "scores": self.val_scores["normal"][self.detector["score"]].tolist()})
 
     def use_policy(self, policy: str) -> None:
         """Refix the threshold on the stored validation scores with another policy."""
         from anomaly_ae.thresholds import select_threshold
 
         score = self.detector["score"]
+        normal, spill = self.val_scores["normal"][score], self.val_scores["spill"][score]
         self.detector = {**self.detector, "policy": policy, "threshold": select_threshold(
-            policy, self.val_scores["normal"][score], self.val_scores["spill"][score], self.detector["tnr_target"])}
+            policy, normal, spill, self.detector["tnr_target"]),
+            "calibration": {"source": "validation", "scores": normal.tolist()}}
 
-    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
+    def calibrate_on_site(self, pool) -> None:
+        """Refix the threshold by the site rule on a new window of site crops (a ``SitePool``)."""
+        from anomaly_ae.thresholds import site_threshold
+
+        scores = self.score(pool.images)
+        threshold = site_threshold(scores, self.detector["tnr_target"], pool.max_spill_fraction, pool.delta)
+        self.detector = {**self.detector, "policy": "site", "threshold": threshold,
+                         "calibration": {"source": "site", "scores": scores.tolist(), **pool.describe()}}
+
+    def score(self, images) -> np.ndarray:
         from anomaly_ae.training import score_images
 
-        images = np.asarray(model_input, dtype=np.uint8)
+        images = np.asarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 crops shaped (N, H, W, 3), got {images.shape}")
         scores, _ = score_images(self.state, self.cfg, torch.from_numpy(np.ascontiguousarray(images)))
-        s = scores[self.detector["score"]]
+        return scores[self.detector["score"]]
+
+    def drift(self, scores: np.ndarray, max_spill_fraction: float | None = None, level: float | None = None) -> dict:
+        """The drift alarm for a batch of this detector's scores (``anomaly_ae.drift``)."""
+        from anomaly_ae.drift import ALARM_LEVEL, drift_check
+
+        cal = self.detector["calibration"]
+        bound = float(cal.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
+        return drift_check(scores, cal["scores"], self.detector["threshold"], self.detector["tnr_target"], bound,
+                           ALARM_LEVEL if level is None else level)
+
+    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
+        s = self.score(model_input)
         return pd.DataFrame({"score": s, "label": (s > self.detector["threshold"]).astype(int)})
 
 

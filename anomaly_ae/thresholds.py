@@ -85,6 +85,89 @@ def normal_quantile(normal_scores, anomaly_scores=None, alpha: float = 0.05, del
     return float(normals[neyman_pearson_rank(normals.size, alpha, delta) - 1])
 
 
+def site_rank(n_pool: int, tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05) -> int:
+    """Smallest rank k whose order statistic of an unlabelled pool keeps P(TNR < tnr) <= delta.
+
+    The pool holds n crops, of which s <= m = floor(max_spill_fraction * n) are spills with any
+    scores at all, and n - s are i.i.d. normals with score CDF F (exchangeable with the crops the
+    detector will judge). Let t be the k-th smallest pool score. At most s of the k lowest scores are
+    spills, so at least k - s normals lie at or below t, and t >= N_(k-s), the (k-s)-th smallest of
+    the n - s normal scores. TNR(t) = F(t) >= F(N_(k-s)), and F(N_(j)) < tnr happens exactly when at
+    least j of the n - s normals fall below the tnr-quantile of F:
+
+        P(TNR(t) < tnr) <= P(Binomial(n - s, tnr) >= k - s).
+
+    The spill count is unknown, so k must satisfy this for every s in 0..m. With m = 0 it is the
+    Neyman-Pearson rank of ``neyman_pearson_rank``. The bound holds whatever the spills score
+    (even just below the threshold), so it asks nothing of the detector's quality.
+    """
+    if n_pool < 1:
+        raise ValueError("the site pool is empty")
+    k = _site_rank_or_none(n_pool, tnr, max_spill_fraction, delta)
+    if k is None:
+        raise ValueError(
+            f"a site pool of {n_pool} crops is too small to promise TNR >= {tnr} with probability "
+            f"{1 - delta:g} when up to {max_spill_fraction:.1%} of it may be spills; it needs at least "
+            f"{min_site_pool_size(tnr, max_spill_fraction, delta)} crops")
+    return k
+
+
+def _site_rank_or_none(n_pool: int, tnr: float, max_spill_fraction: float, delta: float) -> int | None:
+    if not 0.0 <= max_spill_fraction < 1.0:
+        raise ValueError(f"max_spill_fraction must be in [0, 1), got {max_spill_fraction}")
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not 0.0 < tnr < 1.0:
+        raise ValueError(f"tnr must be in (0, 1), got {tnr}")
+    m = int(math.floor(max_spill_fraction * n_pool + 1e-9))
+    spills = np.arange(m + 1)
+
+    def risk(k):  # the bound on P(TNR < tnr) over every spill count s <= m; falls as k grows
+        return float(np.max(binom.sf(k - spills - 1, n_pool - spills, tnr)))
+
+    lo, hi = m + 1, n_pool
+    if hi < lo or risk(hi) > delta:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if risk(mid) <= delta:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def min_site_pool_size(tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05,
+                       limit: int = 10_000_000) -> int:
+    """The fewest pool crops for which ``site_rank`` exists (the first of a run of feasible sizes)."""
+    def feasible(n):
+        return _site_rank_or_none(n, tnr, max_spill_fraction, delta) is not None
+
+    hi = 16
+    while not feasible(hi):
+        hi *= 2
+        if hi > limit:
+            raise ValueError(f"no pool of up to {limit} crops can promise TNR >= {tnr} at this bound")
+    lo = hi // 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    # Feasibility is not strictly monotone (floor(eps * n) steps), so step on to the first size whose
+    # neighbours are feasible too.
+    while not all(feasible(n) for n in range(hi, hi + 8)):
+        hi += 1
+    return hi
+
+
+def site_threshold(site_scores, tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05) -> float:
+    """The threshold fixed on an unlabelled site pool: TNR >= tnr on site normals w.p. >= 1 - delta."""
+    scores = np.sort(_as_scores(site_scores, "site_scores"))
+    return float(scores[site_rank(scores.size, tnr, max_spill_fraction, delta) - 1])
+
+
 THRESHOLD_POLICIES: dict[str, ThresholdPolicy] = {
     "tnr_target": tnr_target,
     "midpoint": midpoint,

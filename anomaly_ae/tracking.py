@@ -160,13 +160,17 @@ def parent_run_name(experiment: str, space: str, started: float | None = None) -
 # The UI's chart view makes one section per prefix before "/"; unprefixed keys go first.
 _SECTIONS = {"val_pauroc": "val/pauroc", "val_aupr": "val/aupr", "threshold": "val/threshold",
              "selection_bias": "val/selection_bias", "objective_clean": "val/objective_clean",
-             "objective_shift": "val/objective_shift", "tpr_at_tnr": "val/tpr_at_tnr", "epoch": "trial/epoch",
+             "objective_shift": "val/objective_shift", "objective_site": "val/objective_site",
+             "site_margin": "val/site_margin", "site_threshold": "val/site_threshold", "val_margin": "val/margin",
+             "tpr_at_tnr": "val/tpr_at_tnr", "best_objective_clean": "best/objective_clean",
+             "best_objective_site": "best/objective_site", "best_objective_shift": "best/objective_shift",
+             "best_tie_break": "best/tie_break", "epoch": "trial/epoch",
              "epoch_seconds": "trial/epoch_seconds", "diverged": "trial/diverged", "final": "trial/final",
              "fit_seconds": "trial/fit_seconds", "gpu_peak_mem_mb": "trial/gpu_peak_mem_mb"}
 # What the chart view's first section ("Model metrics", the unprefixed keys) holds for trials; the
 # parent run's summary (best_so_far, best_objective, counts) is unprefixed too, on its own page.
 FRONT_METRICS = ("objective", "val_auroc", "train_loss")
-_PER_SCORE = ("tpr_at_tnr_shift_", "tpr_at_tnr_", "auroc_")
+_PER_SCORE = ("tpr_at_tnr_shift_", "tpr_at_tnr_", "tpr_at_site_", "auroc_")
 
 
 def metric_key(report_key: str) -> str:
@@ -217,7 +221,8 @@ def _metrics(values: dict, step: int, now_ms: int | None = None) -> list:
 # experiment tag, opened by ?viewStateShareKey=<key>; ?workflowType=machine_learning opens the page
 # as model training (MLflow 3 opens GenAI otherwise). Both checked in Chromium (tests/test_mlflow_ui.py).
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
-COLUMNS = ("metrics.`objective`", "metrics.`val_auroc`", "metrics.`train_loss`", "tags.`variant`", "tags.`score`",
+COLUMNS = ("metrics.`objective`", "metrics.`val/objective_clean`", "metrics.`val/objective_site`",
+           "metrics.`val_auroc`", "metrics.`train_loss`", "tags.`variant`", "tags.`score`",
            "tags.`baseline`", "tags.`stopped_by`", "metrics.`trial/epoch`")
 SECTIONS = ("Model metrics", "val", "trial")  # by_score/<score> sections follow, added by the UI
 
@@ -577,3 +582,21 @@ def register_detector(tracking_uri: str, parent, name: str, trial_id: str, param
     client.set_tag(parent.info.run_id, "promotion_run_id", run_id)
     client.set_tag(parent.info.run_id, "promoted_version", f"{model_name}/{version.version}")
     return version
+
+
+def log_prediction(tracking_uri: str, model_version, name: str, params: dict, metrics: dict, tags: dict) -> str:
+    """A predict call's drift check, as a finished run nested under the promotion run of ``model_version``.
+
+    The run sits in the sweep's experiment, so the UI shows a detector's field checks beside its promotion."""
+    from mlflow.entities import Param
+
+    client = _client(tracking_uri)
+    promotion = client.get_run(model_version.run_id)
+    run_id = client.create_run(promotion.info.experiment_id, tags={
+        "mlflow.parentRunId": promotion.info.run_id, "mlflow.runName": name, "sweep": "predict",
+        "model_version": f"{model_version.name}/{model_version.version}", **{k: str(v) for k, v in tags.items()}},
+    ).info.run_id
+    client.log_batch(run_id, metrics=_metrics({f"drift/{k}": v for k, v in metrics.items()}, 0),
+                     params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -18,12 +18,12 @@ import torch.nn.functional as F
 
 from anomaly_ae.config import model_params, score_params
 from anomaly_ae.losses import PerceptualDistance, kl_loss, reconstruction_loss
-from anomaly_ae.metrics import detection_summary
+from anomaly_ae.metrics import detection_summary, operating_margin
 from anomaly_ae.models import build_model, model_spec
 from anomaly_ae.models.vae import kl_beta_of
 from anomaly_ae.nuisance import perturb_nuisance
 from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores
-from anomaly_ae.selection import choose_score, score_objective, selection_bias
+from anomaly_ae.selection import choose_score, score_objective, selection_bias, site_summary
 
 
 class DivergedError(RuntimeError):
@@ -32,6 +32,8 @@ class DivergedError(RuntimeError):
 
 # How often the training loop looks at its (device-side) running loss for divergence: a host sync.
 DIVERGENCE_CHECK_STEPS = 64
+# Per-crop standardisation never divides by less than this spread (in [0, 1] pixel units).
+PER_CROP_STD_FLOOR = 0.01
 
 
 def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -89,19 +91,33 @@ class Preprocess:
         std = torch.tensor(self.std[:c], device=x.device).view(1, c, 1, 1)
         return mean, std
 
+    @staticmethod
+    def _crop_stats(x):
+        # Each crop's own per-channel mean and spread: a global gain or colour cast moves both, and
+        # dividing them out leaves what the light falls on. The floor keeps a flat crop's noise small.
+        return x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True).clamp_min(PER_CROP_STD_FLOOR)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalisation == "minus_one_one":
             return x * 2 - 1
         if self.normalisation == "dataset":
             mean, std = self._stats(x)
             return (x - mean) / std
+        if self.normalisation == "per_crop":
+            mean, std = self._crop_stats(x)
+            return (x - mean) / std
         return x
 
-    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+    def denormalise(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Model space back to [0, 1] pixels; ``like`` is the [0, 1] input the model was given (per-crop
+        standardisation restores that crop's own lighting, so a residual is blind to it)."""
         if self.normalisation == "minus_one_one":
             return (x + 1) / 2
         if self.normalisation == "dataset":
             mean, std = self._stats(x)
+            return x * std + mean
+        if self.normalisation == "per_crop":
+            mean, std = self._crop_stats(like)
             return x * std + mean
         return x
 
@@ -112,6 +128,22 @@ class Preprocess:
 def device_rand(gen: torch.Generator, dev: torch.device, *shape) -> torch.Tensor:
     """Uniform numbers drawn where the generator lives, moved to ``dev`` (a no-op when they match)."""
     return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
+
+
+def random_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur with its own sigma per crop (sigma ~ 0 leaves a crop as it is), separable.
+
+    Optics differ between sites (focus, dirt on the lens); training on blurred normals keeps a softer
+    crop from scoring as an anomaly."""
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-taps.pow(2) / (2 * sigma.clamp_min(1e-3).to(x.dtype).pow(2)[:, None]))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (n, 2r + 1)
+    for dim in (-1, -2):
+        pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
+        windows = F.pad(x, pad, mode="replicate").unfold(dim, 2 * radius + 1, 1)  # (..., h, w, 2r + 1)
+        x = (windows * kernel[:, None, None, None, :]).sum(-1)
+    return x
 
 
 def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
@@ -136,6 +168,8 @@ def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg["blur_sigma"] > 0:
+        x = random_blur(x, rand(n) * cfg["blur_sigma"])
     if cfg["brightness_jitter"] > 0:
         x = x * (1 + uniform(n, 1, 1, 1, scale=cfg["brightness_jitter"]))
     if cfg["contrast_jitter"] > 0:
@@ -234,7 +268,7 @@ def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torc
     pre = state.preprocess
     with autocast(state, cfg):
         out = state.model(model_input(state, cfg, corrupted))
-        recon = pre.denormalise(out.recon.float())
+        recon = pre.denormalise(out.recon.float(), corrupted)
         loss = reconstruction_loss(clean, recon, cfg["loss"], cfg["loss_ssim_weight"], cfg["loss_perceptual_weight"],
                                    state.perceptual)
         if out.mu is not None:
@@ -285,12 +319,13 @@ def fit_closed_form(state: TrialState, cfg: dict, train_u8: torch.Tensor, chunk:
     pre = state.preprocess
     gen = state.generator
     order = torch.randperm(len(train_u8), generator=gen, device=gen.device).to(train_u8.device)
-    inputs = torch.cat([pre.normalise(augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg, gen))
-                        for i in range(0, len(order), chunk)])
+    units = torch.cat([augment(pre.to_unit(train_u8[order[i:i + chunk]].to(state.device)), cfg, gen)
+                       for i in range(0, len(order), chunk)])
+    inputs = pre.normalise(units)
     state.model.fit(inputs)
     state.epoch += 1
     recon = torch.cat([state.model(inputs[i:i + chunk]).recon for i in range(0, len(inputs), chunk)])
-    loss = F.mse_loss(pre.denormalise(recon), pre.denormalise(inputs)).item()
+    loss = F.mse_loss(pre.denormalise(recon, units), units).item()
     if not math.isfinite(loss):
         raise DivergedError(f"closed-form fit gave a reconstruction loss of {loss}")
     return loss
@@ -317,7 +352,7 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
     for start in range(0, len(images_u8), batch_size):
         x = pre.to_unit(images_u8[start:start + batch_size].to(state.device))
         out = state.model(model_input(state, cfg, x))  # scored in fp32 whatever the training precision
-        recon = pre.denormalise(out.recon).clamp(0, 1)
+        recon = pre.denormalise(out.recon, x).clamp(0, 1)
         scores = compute_scores(x, recon, types, sparams, out.mu, out.logvar, state.perceptual)
         for t in types:
             chunks[t].append(scores[t].float().cpu())
@@ -326,30 +361,64 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
     return {t: torch.cat(v).numpy().astype(np.float64) for t, v in chunks.items()}, kept
 
 
+@dataclass
+class SiteInput:
+    """The site pool as a trial scores it: crops on the trial's device and the calibration bound."""
+
+    images: torch.Tensor
+    max_spill_fraction: float = 0.05
+    delta: float = 0.05
+
+    @classmethod
+    def of(cls, pool, device: torch.device | None = None) -> "SiteInput | None":
+        if pool is None:
+            return None
+        images = torch.from_numpy(np.ascontiguousarray(pool.images))
+        return cls(images.to(device) if device is not None else images, pool.max_spill_fraction, pool.delta)
+
+
 def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor,
-             shifted: tuple[torch.Tensor, torch.Tensor] | None = None):
+             shifted: tuple[torch.Tensor, torch.Tensor] | None = None, site: SiteInput | None = None):
     """Metrics of every score on the validation split, plus the raw score arrays.
 
     With ``shifted`` (the validation normals and spills under nuisance perturbations), each score's
-    metrics also hold ``tpr_at_tnr_shift``, the objective on the perturbed crops.
+    metrics also hold ``tpr_at_tnr_shift``, the objective on the perturbed crops. With ``site`` (the
+    site pool), they hold ``tpr_at_site``, ``site_threshold`` and ``site_margin``, and the raw scores
+    hold the pool's under ``"site"``.
     """
     normal, _ = score_images(state, cfg, val_normal_u8)
     spill, _ = score_images(state, cfg, val_spill_u8)
     metrics = {name: score_summary(normal[name], spill[name], cfg["tnr_target"]) for name in normal}
+    scores = {"normal": normal, "spill": spill}
     if shifted is not None:
         normal_shift, _ = score_images(state, cfg, shifted[0])
         spill_shift, _ = score_images(state, cfg, shifted[1])
         for name in metrics:
             metrics[name]["tpr_at_tnr_shift"] = score_summary(normal_shift[name], spill_shift[name],
                                                               cfg["tnr_target"])["tpr_at_tnr"]
-    return metrics, {"normal": normal, "spill": spill}
+    if site is not None:
+        scores["site"], _ = score_images(state, cfg, site.images)
+        for name in metrics:
+            metrics[name].update(site_metrics(scores["site"][name], spill[name], cfg["tnr_target"], site))
+    return metrics, scores
+
+
+def site_metrics(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, site: SiteInput) -> dict:
+    """site_summary, or the worst figures when a score is not finite (a broken model)."""
+    if not (np.all(np.isfinite(site_scores)) and np.all(np.isfinite(spill_scores))):
+        return {"tpr_at_site": 0.0, "site_threshold": math.inf, "site_margin": math.nan}
+    return site_summary(site_scores, spill_scores, tnr, site.max_spill_fraction, site.delta)
 
 
 def score_summary(normal: np.ndarray, spill: np.ndarray, tnr: float) -> dict:
-    """detection_summary, or the worst figures when a score is not finite (a broken model)."""
+    """detection_summary and the margin at its threshold, or the worst figures when a score is not
+    finite (a broken model)."""
     if not (np.all(np.isfinite(normal)) and np.all(np.isfinite(spill))):
-        return {"tpr_at_tnr": 0.0, "threshold": math.inf, "auroc": 0.0, "pauroc": 0.0, "aupr": 0.0}
-    return detection_summary(normal, spill, tnr)
+        return {"tpr_at_tnr": 0.0, "threshold": math.inf, "auroc": 0.0, "pauroc": 0.0, "aupr": 0.0,
+                "val_margin": math.nan}
+    summary = detection_summary(normal, spill, tnr)
+    summary["val_margin"] = operating_margin(normal, spill, summary["threshold"])
+    return summary
 
 
 def judge(metrics: dict, val_scores: dict, cfg: dict) -> dict:
@@ -383,7 +452,8 @@ def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on
         if on_epoch is not None:
             on_epoch(epoch, loss)
     normal, spill = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
-    metrics, val_scores = evaluate(state, cfg, normal, spill, nuisance_split(normal, spill, cfg))
+    metrics, val_scores = evaluate(state, cfg, normal, spill, nuisance_split(normal, spill, cfg),
+                                   SiteInput.of(getattr(splits, "site", None)))
     return state, metrics, val_scores, judge(metrics, val_scores, cfg)
 
 

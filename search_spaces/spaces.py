@@ -72,7 +72,7 @@ def architecture(trial, variants=tuple(VARIANT_PARAMS)) -> str:
 
 
 def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
-    """Image size, colour, flips, rotation, shift, jitter, normalisation, spill corruption.
+    """Image size, colour, flips, rotation, shift, blur, jitter, normalisation, spill corruption.
 
     A closed-form variant is fitted on clean crops, so it has no spill corruption."""
     trial.suggest_categorical("image_size", list(sizes))
@@ -81,11 +81,14 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     if variant in SIGMOID_ONLY:
         constants["normalisation"] = "none"
     else:
-        trial.suggest_categorical("normalisation", ["none", "dataset", "minus_one_one"])
+        # per_crop: each crop standardised by its own per-channel mean and spread, so the residual
+        # is blind to a global gain or colour cast (another site's lighting).
+        trial.suggest_categorical("normalisation", ["none", "dataset", "minus_one_one", "per_crop"])
     trial.suggest_categorical("hflip", [False, True])
     trial.suggest_categorical("vflip", [False, True])
     trial.suggest_float("rotation_deg", 0.0, 5.0)
-    trial.suggest_float("shift_px", 0.0, 3.0)
+    trial.suggest_float("shift_px", 0.0, 5.0)
+    trial.suggest_float("blur_sigma", 0.0, 1.5)
     trial.suggest_float("brightness_jitter", 0.0, 0.15)
     trial.suggest_float("contrast_jitter", 0.0, 0.15)
     trial.suggest_float("colour_jitter", 0.0, 0.05)

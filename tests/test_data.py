@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_ae.data import DatasetError, load_proliv, make_dataset, make_splits
+from anomaly_ae.data import DatasetError, load_proliv, load_site_pool, make_dataset, make_splits
 from anomaly_ae.data.synthetic import COUNTS
 
 
@@ -98,7 +98,8 @@ def test_splits_are_seeded_and_disjoint(tiny_data_dir, tmp_path):
 
 def test_generated_dataset_counts_and_look(tmp_path):
     counts = make_dataset(tmp_path / "gen", scale=0.05, seed=2)
-    assert counts == {"train": 500, "proliv": 8, "test": round(COUNTS["test_normal"] * 0.05) + 6, "test_spills": 6}
+    assert counts == {"train": 500, "proliv": 8, "test": round(COUNTS["test_normal"] * 0.05) + 6, "test_spills": 6,
+                      "site": 100}
     lines = (tmp_path / "gen" / "test" / "test_annotation.txt").read_text().split("\n")
     assert sum(line.endswith(" 1") for line in lines) == 6
     sizes = {Image.open(p).size for p in (tmp_path / "gen" / "train").iterdir()}
@@ -117,3 +118,61 @@ def test_generator_is_deterministic_and_refuses_overwrite(tmp_path):
     assert (tmp_path / "a/train/00003.jpg").read_bytes() == (tmp_path / "b/train/00003.jpg").read_bytes()
     with pytest.raises(FileExistsError, match="not empty"):
         make_dataset(tmp_path / "a", scale=0.01, seed=5)
+
+
+# ------------------------------------------------------------------ the site pool
+
+def test_site_pool_is_loaded_cached_and_part_of_the_hash(tmp_path):
+    root = write_layout(tmp_path / "d")
+    cache = tmp_path / "c"
+    without = load_proliv(root, cache_dir=cache)
+    assert without.site is None and without.content_hash == without.labelled_hash
+    (root / "site").mkdir()
+    img = Image.fromarray(np.full((30, 48, 3), 200, np.uint8))
+    for i in range(4):
+        img.save(root / "site" / f"s{i}.png")
+    data = load_proliv(root, cache_dir=cache, site_max_spill_fraction=0.02, site_delta=0.1)
+    assert data.site.images.shape == (4, 32, 48, 3) and data.site.names == [f"s{i}.png" for i in range(4)]
+    assert (data.site.max_spill_fraction, data.site.delta) == (0.02, 0.1)
+    # Same labelled data, new pool: the dataset hash moves, the labelled hash does not.
+    assert data.labelled_hash == without.labelled_hash and data.content_hash != without.content_hash
+    assert len(list(cache.glob("*.npz"))) == 2
+    again = load_proliv(root, cache_dir=cache)  # from the cache
+    assert np.array_equal(again.site.images, data.site.images) and again.site.content_hash == data.site.content_hash
+    img.rotate(90).save(root / "site" / "s0.png")
+    assert load_proliv(root, cache_dir=cache).content_hash != data.content_hash
+
+
+def test_site_pool_elsewhere_and_its_errors(tmp_path):
+    root = write_layout(tmp_path / "d")
+    with pytest.raises(DatasetError, match="missing site pool folder: .*nowhere"):
+        load_proliv(root, cache_dir=tmp_path / "c", site=tmp_path / "nowhere")
+    (tmp_path / "pool").mkdir()
+    with pytest.raises(DatasetError, match="empty folder: .*pool"):
+        load_proliv(root, cache_dir=tmp_path / "c", site=tmp_path / "pool")
+    (root / "site").mkdir()  # an empty ROOT/site/ is refused too, not silently ignored
+    with pytest.raises(DatasetError, match="empty folder: .*site"):
+        load_proliv(root, cache_dir=tmp_path / "c")
+    Image.fromarray(np.zeros((30, 48, 3), np.uint8)).save(tmp_path / "pool" / "ok.png")
+    (tmp_path / "pool" / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="corrupt or unreadable image: .*bad.jpg"):
+        load_proliv(root, cache_dir=tmp_path / "c", site=tmp_path / "pool")
+    assert not list((tmp_path / "c").glob("*.npz")) if (tmp_path / "c").exists() else True
+    (tmp_path / "pool" / "bad.jpg").unlink()
+    pool = load_site_pool(tmp_path / "pool", (32, 48))
+    assert pool.images.shape == (1, 32, 48, 3) and pool.describe()["site_size"] == "1"
+
+
+def test_generated_site_pool_is_unlabelled_shifted_and_disjoint_from_test(tmp_path):
+    from anomaly_ae.data.synthetic import SITE_MIN
+
+    make_dataset(tmp_path / "gen", scale=0.05, seed=2)
+    site = sorted((tmp_path / "gen" / "site").iterdir())
+    assert len(site) == SITE_MIN and all(p.suffix == ".jpg" for p in site)  # images only: no labels beside them
+    data = load_proliv(tmp_path / "gen", cache_dir=tmp_path / "c")
+    test_bytes = {(tmp_path / "gen" / "test" / "imgs" / n).read_bytes() for n in data.test_names}
+    assert not any(p.read_bytes() in test_bytes for p in site)
+    # Drawn under the test conditions: brighter and warmer than train, like test normals.
+    normals = data.test[data.test_labels == 0].reshape(-1, 3).mean(0)
+    assert data.site.images.reshape(-1, 3).mean(0)[0] > data.train.reshape(-1, 3).mean(0)[0] + 3
+    assert np.allclose(data.site.images.reshape(-1, 3).mean(0), normals, atol=3)

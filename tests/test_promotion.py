@@ -8,6 +8,7 @@ import run_search
 from analysis.promote import best_config, evaluate_once, promote, champion_rank
 from analysis.report import analyze
 from analysis.sweep_runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
+from anomaly_ae.evaluation import operating_report
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,8 @@ def _test_ranks(client, tiny_sweep):
     ranks = {}
     for _, row in frame.iterrows():
         payload = download_checkpoint(client, row["run_id"], tiny_sweep.tmp / row["run_id"])
-        ranks[row["trial_id"]] = champion_rank(evaluate_once(payload, splits), payload["config"]["tnr_target"])
+        ranks[row["trial_id"]] = champion_rank(operating_report(evaluate_once(payload, splits)),
+                                               payload["config"]["tnr_target"])
     return ranks
 
 
@@ -62,7 +64,7 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert sum(name in out for name in ("seed000", "seed001", "seed002")) == 3
     champion = client.get_model_version_by_alias("itest-model", "champion")
     assert champion.tags["trial_id"] == better
-    assert "Test (threshold" in champion.description
+    assert "fixed on validation normals" in champion.description and "fixed on the site pool" in champion.description
 
     # best_config.yaml round-trips through `search --config`.
     args = run_search.build_parser().parse_args(["search", "--config", str(config_out)])
@@ -90,7 +92,29 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert len(scores) == len(list(images.iterdir()))
     threshold = float(client.get_model_version_by_alias("itest-model", "champion").tags["threshold"])
     assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
-    capsys.readouterr()
+    # The drift check ran against the scores the threshold was fixed on (the site pool's) and was logged
+    # under the promotion run.
+    out = capsys.readouterr()
+    assert "drift check: quiet" in out.out or "drift alarm" in out.err or "scores sit above" in out.out
+    version = client.get_model_version_by_alias("itest-model", "champion")
+    checks = client.search_runs([client.get_run(version.run_id).info.experiment_id], "tags.sweep = 'predict'")
+    assert len(checks) == 1 and checks[0].data.tags["mlflow.parentRunId"] == version.run_id
+    assert {"drift/exceedance_p", "drift/shift_p", "drift/alarm"} <= set(checks[0].data.metrics)
+    assert checks[0].data.params["calibration"] == "site"
+
+    # predict --site recalibrates on a new window of site crops: the site rule on this detector's scores there.
+    from anomaly_ae.data import load_site_pool
+    from anomaly_ae.thresholds import site_threshold
+
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+                            "--images", str(images), "--out", str(csv), "--site", str(tiny_sweep.data / "site")]) == 0
+    printed = capsys.readouterr().out
+    model = __import__("mlflow").pyfunc.load_model("models:/itest-model@champion").unwrap_python_model()
+    pool = load_site_pool(tiny_sweep.data / "site", tuple(model.detector["decode_size"]))
+    expected = site_threshold(model.score(pool.images), 0.95, 0.05, 0.05)
+    assert f"threshold {expected:.6g}" in printed and "recalibrated on 100 site crops" in printed
+    scores = pd.read_csv(csv)
+    assert ((scores["score"] > expected).astype(int) == scores["label"]).all()
     missing = tmp_path / "no-crops"
     assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
                             "--images", str(missing), "--out", str(csv)]) == 2
@@ -130,10 +154,23 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     row = result.table.iloc[0]
     assert row["policy"] == "tnr_target" and row["own_policy"] == "min_anomaly"
     assert row["own_test_tpr"] == report["by_policy"]["min_anomaly"]["tpr"]
-    # The registered detector runs at the operating point it was tested at.
+    # With a site pool the detector ships with the site threshold, and its version records the pool.
+    from anomaly_ae.thresholds import site_threshold
+
     version = client.get_model_version_by_alias("itest-policy", "champion")
-    assert float(version.tags["threshold"]) == pytest.approx(report["threshold"])
+    parent = find_parent_run(client, tiny_sweep.experiment)
+    _, splits = load_sweep_data(parent, None)
+    site = report["site"]
+    assert site["threshold"] == site_threshold(site["calibration"]["scores"], 0.95, 0.05, 0.05)
+    assert len(site["calibration"]["scores"]) == len(splits.site)
+    assert float(version.tags["threshold"]) == pytest.approx(site["threshold"])
+    assert version.tags["threshold_source"] == "site"
+    assert version.tags["site_hash"] == splits.site.content_hash == parent.data.tags["site_hash"]
+    assert version.tags["site_size"] == str(len(splits.site))
+    assert version.tags["site_max_spill_fraction"] == "0.05" and version.tags["site_delta"] == "0.05"
+    assert row["site_tnr"] == site["tnr"] and row["test_tnr"] == report["tnr"]  # both rows, side by side
     assert {"ref:pca16", "ref:knn5"} <= set(result.table["config"])
+    assert result.table["site_tpr"].notna().all()  # the references and baselines at the site threshold too
 
 
 def test_second_sweep_warm_starts_from_the_first(tiny_sweep, tmp_path, capsys):
@@ -171,6 +208,7 @@ def test_second_sweep_warm_starts_from_the_first(tiny_sweep, tmp_path, capsys):
     for t in trials[len(first):]:
         run = second[second["search_params"].map(lambda p: {k: p.get(k) for k in t.params}) == t.params].iloc[0]
         metrics = client.get_run(run["run_id"]).data.metrics
-        per_score = [v for k, v in metrics.items() if k.startswith("by_score/") and k.endswith("/tpr_at_tnr")]
+        # The tiny dataset has a site pool, so the default objective is the site one.
+        per_score = [v for k, v in metrics.items() if k.startswith("by_score/") and k.endswith("/tpr_at_site")]
         assert t.value == metrics["objective"] == max(per_score)  # fan-out: the best score's objective
     assert json.loads(client.get_run(second["run_id"].iloc[0]).data.tags["search_params"])["score_selection"] == "best"

@@ -126,6 +126,13 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     assert parent.data.metrics["best_objective"] == pytest.approx(top)
     assert max(best_so_far, key=lambda m: m.step).value == pytest.approx(top)
     assert {"reference_pca16_objective", "reference_knn5_objective", "trials_finished"} <= set(parent.data.metrics)
+    # The tiny dataset has a site pool: the default objective is the site one, and the sweep records the pool;
+    # both objectives are logged, and the leaderboard shows both.
+    assert parent.data.tags["objective"] == "site" and int(parent.data.tags["site_size"]) == 100
+    assert frame["objective_clean"].notna().all() and frame["objective_site"].notna().all()
+    for run in trials:
+        assert run.data.metrics["objective"] == run.data.metrics["val/objective_site"]
+    assert "objective_site" in tiny_sweep.out and "objective_clean" in tiny_sweep.out
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 """The trainable called directly, outside Tune, with tune.report captured."""
 import math
 import shutil
@@ -43,8 +44,27 @@ def test_reports_every_epoch_with_stable_keys_and_checkpoint(reports, tiny_split
     with reports[-1][1].as_directory() as d:
         payload = load_checkpoint(f"{d}/checkpoint.pt")
     assert payload["config"]["score"] == "topk" and payload["epoch"] == 3
-    assert set(payload["val_scores"]) == {"normal", "spill"}
+    assert set(payload["val_scores"]) == {"normal", "spill", "site"}  # the tiny dataset has a site pool
     assert len(payload["val_scores"]["spill"]["topk"]) == len(tiny_splits.val_spill)
+    assert len(payload["val_scores"]["site"]["topk"]) == len(tiny_splits.site)
+    # Both objectives are reported whichever judges the trial, and the site one is the spills' TPR at the
+    # threshold the site rule fixes on the trial's own pool scores.
+    from anomaly_ae.thresholds import site_threshold
+
+    site = payload["val_scores"]["site"]["topk"]
+    threshold = site_threshold(site, 0.95, tiny_splits.site.max_spill_fraction, tiny_splits.site.delta)
+    assert metrics["site_threshold"] == threshold
+    assert metrics["objective_site"] == np.mean(payload["val_scores"]["spill"]["topk"] > threshold)
+    assert metrics["objective_clean"] == metrics["objective"]
+
+
+def test_the_site_objective_judges_by_the_site_threshold(reports, tiny_splits):
+    config = {"variant": "pca_ae", "pca_ae.n_components": 8, "score": "topk", "objective": "site",
+              "score_selection": "best"}
+    train_autoencoder(config, splits=tiny_splits)
+    metrics = reports[-1][0]
+    assert metrics["objective"] == metrics["objective_site"] == metrics[f"tpr_at_site_{metrics['score']}"]
+    assert "site_margin" in metrics and "objective_clean" in metrics
 
 
 def test_same_seed_same_reports(reports, tiny_splits):

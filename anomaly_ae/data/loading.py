@@ -6,6 +6,7 @@ Layout::
     ROOT/proliv/*.jpg                spill crops
     ROOT/test/imgs/*                 mixed crops
     ROOT/test/test_annotation.txt    one "NAME LABEL" a line, LABEL 1 = spill
+    ROOT/site/*                      optional: unlabelled crops from where the detector will run
 """
 from __future__ import annotations
 
@@ -21,10 +22,35 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_SIZE = (32, 48)  # (H, W): keeps the crops' wide ~30x48 aspect
 CACHE_VERSION = 1
+SITE_DIR = "site"
 
 
 class DatasetError(ValueError):
     """Bad input data; the message names the file (and line) at fault."""
+
+
+@dataclass
+class SitePool:
+    """Unlabelled crops from the conditions where the detector runs (a few may be spills).
+
+    ``max_spill_fraction`` is the user's stated upper bound on the share of spills in it, and
+    ``delta`` the risk the site threshold may break its TNR promise; both feed ``site_threshold``.
+    """
+
+    images: np.ndarray
+    names: list[str]
+    content_hash: str
+    root: str
+    max_spill_fraction: float = 0.05
+    delta: float = 0.05
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> dict[str, str]:
+        """What records the pool a threshold was fixed on (sweep tags, registry version tags)."""
+        return {"site_hash": self.content_hash, "site_size": str(len(self)), "site_path": self.root,
+                "site_max_spill_fraction": f"{self.max_spill_fraction:g}", "site_delta": f"{self.delta:g}"}
 
 
 @dataclass
@@ -38,8 +64,10 @@ class ProlivData:
     test: np.ndarray
     test_names: list[str]
     test_labels: np.ndarray
-    content_hash: str
+    content_hash: str  # of everything, the site pool included
     root: str
+    site: SitePool | None = None
+    labelled_hash: str = ""  # of train/, proliv/ and test/ only
 
     @property
     def size(self) -> tuple[int, int]:
@@ -111,8 +139,32 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ANOMALY_AE_CACHE", Path.cwd() / ".cache" / "decoded"))
 
 
-def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | None = None) -> ProlivData:
-    """Decode the folder at ``root`` to ``size`` (H, W), reusing the cache when content is unchanged."""
+def site_folder(root: Path, site) -> Path | None:
+    """The site pool's folder: ``site`` when given (it must exist), else ``ROOT/site`` if present."""
+    if site is not None:
+        site = Path(site)
+        if not site.is_dir():
+            raise DatasetError(f"missing site pool folder: {site}")
+        return site
+    default = Path(root) / SITE_DIR
+    return default if default.exists() else None
+
+
+def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = 0.05,
+                   delta: float = 0.05) -> SitePool:
+    """Decode a folder of unlabelled site crops (no cache: a new window is scored once)."""
+    folder = Path(folder)
+    files = list_images(folder)
+    return SitePool(decode_images(files, size), [p.name for p in files], content_hash(files), str(folder),
+                    max_spill_fraction, delta)
+
+
+def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | None = None, site=None,
+                site_max_spill_fraction: float = 0.05, site_delta: float = 0.05) -> ProlivData:
+    """Decode the folder at ``root`` to ``size`` (H, W), reusing the cache when content is unchanged.
+
+    The site pool (``site``, or ``ROOT/site/`` when it exists) is decoded and cached with the rest,
+    and its content is part of the dataset's hash."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"missing dataset folder: {root}")
@@ -124,30 +176,47 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
     annotation = root / "test" / "test_annotation.txt"
     test_names, test_labels = parse_annotation(annotation, test_dir)
     test_files = [test_dir / n for n in test_names]
+    site_dir = site_folder(root, site)
+    site_files = list_images(site_dir) if site_dir is not None else []
 
-    key = content_hash(train_files + proliv_files + test_files, [annotation])
+    labelled = key = content_hash(train_files + proliv_files + test_files, [annotation])
+    site_key = content_hash(site_files) if site_files else None
+    if site_key:
+        key = hashlib.sha256(f"{labelled}+site:{site_key}".encode()).hexdigest()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_file = cache_dir / f"v{CACHE_VERSION}_{key[:20]}_{size[0]}x{size[1]}.npz"
+
+    def site_pool(images):
+        if site_key is None:
+            return None
+        return SitePool(images, [p.name for p in site_files], site_key, str(site_dir), site_max_spill_fraction,
+                        site_delta)
+
     if cache_file.is_file():
         with np.load(cache_file) as z:
             return ProlivData(
                 train=z["train"], train_names=[p.name for p in train_files],
                 proliv=z["proliv"], proliv_names=[p.name for p in proliv_files],
                 test=z["test"], test_names=test_names, test_labels=test_labels,
-                content_hash=key, root=str(root),
+                content_hash=key, root=str(root), site=site_pool(z["site"] if site_key else None),
+                labelled_hash=labelled,
             )
     data = ProlivData(
         train=decode_images(train_files, size), train_names=[p.name for p in train_files],
         proliv=decode_images(proliv_files, size), proliv_names=[p.name for p in proliv_files],
         test=decode_images(test_files, size), test_names=test_names, test_labels=test_labels,
-        content_hash=key, root=str(root),
+        content_hash=key, root=str(root), site=site_pool(decode_images(site_files, size) if site_key else None),
+        labelled_hash=labelled,
     )
     cache_dir.mkdir(parents=True, exist_ok=True)
     # Write then rename, so an interrupted run never leaves a half-written cache.
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
+    arrays = {"train": data.train, "proliv": data.proliv, "test": data.test}
+    if data.site is not None:
+        arrays["site"] = data.site.images
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, train=data.train, proliv=data.proliv, test=data.test)
+            np.savez(f, **arrays)
         os.replace(tmp, cache_file)
     finally:
         if os.path.exists(tmp):
@@ -166,6 +235,7 @@ class Splits:
     test_labels: np.ndarray
     test_names: list[str]
     content_hash: str
+    site: SitePool | None = None
 
 
 def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fraction: float = 1.0,
@@ -187,4 +257,5 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
         test_labels=data.test_labels,
         test_names=data.test_names,
         content_hash=data.content_hash,
+        site=data.site,
     )

@@ -8,6 +8,9 @@ Spills: a bright, irregular V-shaped streak down the middle of the well, with
 whitish, yellow and blue specks and a darker streak beside it. Strength runs
 from obvious to faint and small.
 
+Site pool: unlabelled crops under the test conditions (a few percent of them spills), written to
+``site/`` without labels: what a user collects where the detector will run.
+
 Test shift (documented in the README): test crops, normal and spill, are drawn
 under warmer and brighter light, with more blur and a larger position jitter,
 because the real test set was shot under different conditions from train.
@@ -48,6 +51,10 @@ TEST_CONDITIONS = Conditions(
 )
 
 COUNTS = {"train": 10_000, "proliv": 154, "test_normal": 3_665, "test_spill": 129}
+# The site pool: unlabelled crops under the test conditions, drawn apart from test/ with their own
+# seed. Its spill share is the test set's (129 / 3,794), below the default bound of 5%.
+# At least SITE_MIN crops at any scale: fewer cannot fix a threshold with the default guarantee.
+SITE_COUNT, SITE_MIN, SITE_SPILL_FRACTION = 1_000, 100, 0.034
 
 
 def _smooth_noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
@@ -160,10 +167,12 @@ def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False
     # Build in a sibling temp folder and rename at the end: no half-written dataset.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for sub in ("train", "proliv", "test/imgs"):
+        for sub in ("train", "proliv", "test/imgs", "site"):
             (tmp / sub).mkdir(parents=True)
         root_seq = np.random.SeedSequence(seed)
         train_seq, proliv_seq, test_seq, order_seq = root_seq.spawn(4)
+        # Spawned after the others, so train/proliv/test are the crops they were before site/ existed.
+        (site_seq,) = root_seq.spawn(1)
         for i, child in enumerate(train_seq.spawn(counts["train"])):
             _save(render_crop(np.random.default_rng(child), False, TRAIN_CONDITIONS), tmp / "train" / f"{i:05d}.jpg")
         for i, child in enumerate(proliv_seq.spawn(counts["proliv"])):
@@ -176,6 +185,12 @@ def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False
             _save(render_crop(np.random.default_rng(child), bool(label), TEST_CONDITIONS), tmp / "test" / "imgs" / name)
             lines.append(f"{name} {label}")
         (tmp / "test" / "test_annotation.txt").write_text("\n".join(lines) + "\n")
+        n_site = max(SITE_MIN, int(round(SITE_COUNT * scale)))
+        site_order, *site_children = site_seq.spawn(n_site + 1)
+        site_spill = np.random.default_rng(site_order).random(n_site) < SITE_SPILL_FRACTION
+        for i, (child, spill) in enumerate(zip(site_children, site_spill)):
+            # No label is written: a site pool is unlabelled by definition.
+            _save(render_crop(np.random.default_rng(child), bool(spill), TEST_CONDITIONS), tmp / "site" / f"{i:05d}.jpg")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -183,4 +198,4 @@ def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False
         if tmp.exists():
             shutil.rmtree(tmp)
     return {"train": counts["train"], "proliv": counts["proliv"],
-            "test": int(labels.size), "test_spills": int(labels.sum())}
+            "test": int(labels.size), "test_spills": int(labels.sum()), "site": n_site}
