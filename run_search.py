@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--space", default="quick", help="search space preset (default quick)")
     bench.add_argument("--samplers", nargs="+", choices=["tpe", "random"], default=["tpe", "random"])
     bench.add_argument("--max-concurrent", type=positive_int, default=2, help="trials at once (default 2)")
-    bench.add_argument("--objective", choices=list(OBJECTIVES), default=DEFAULT_OBJECTIVE)
+    bench.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                       help="each sweep's objective (default: the search command's default)")
     bench.add_argument("--prefix", default="benchmark-search", help="experiment name prefix (default benchmark-search)")
     bench.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
     bench.add_argument("--storage-path", default=str(DEFAULT_STORAGE), help="Ray results folder")
@@ -738,7 +739,8 @@ def print_benchmark(table, summary_lines) -> int:
         print("error: no sweep finished", file=sys.stderr)
         return 1
     cols = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline",
-            "baseline_bar", "pca16", "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc"]
+            "baseline_bar", "pca16", "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc",
+            "val_threshold_test_tpr", "val_threshold_test_tnr"]
     print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print("\n".join(summary_lines(table)))
     return 0
@@ -759,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.sweep_runs import SweepNotFound
         from anomaly_ae.checkpoints import UntrustedCheckpoint
         from anomaly_ae.data import DatasetError
-        if isinstance(exc, (DatasetError, SweepNotFound, UntrustedCheckpoint)):
+        from anomaly_ae.thresholds import SitePoolTooSmall
+        if isinstance(exc, (DatasetError, SweepNotFound, UntrustedCheckpoint, SitePoolTooSmall)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -1,10 +1,13 @@
 """Calibrate the default dataset: train named configs without Ray, then test once.
 
     python -m analysis.calibrate --data data/default --configs seed000 strong
+    python -m analysis.calibrate --data data/default --configs pca32 strong --epochs 3 --invariance
 
 For each config: train on the train split, fix the threshold on validation with
-the config's policy (tnr_target for both here), evaluate once on test. Prints
-one line per config; the README's calibration table comes from this.
+the config's policy (tnr_target for both here) and, with a site pool, on the pool
+by the site rule; evaluate once on test. Prints one line per config; the README's
+calibration and invariance tables come from this. ``--invariance`` trains each
+config once as it is and once with each invariance option of the search space.
 """
 from __future__ import annotations
 
@@ -32,6 +35,19 @@ CALIBRATION_CONFIGS = {
         "optimizer": "adam", "lr": 2e-3, "batch_size": 64, "epochs": 15,
         "loss": "mse", "score": "smooth_max", "smooth_max.sigma": 1.0, "threshold_policy": "tnr_target",
     },
+    # The quick sweep's usual champion family: PCA with the same augmentation and a top-k score.
+    "pca32": {
+        "variant": "pca_ae", "pca_ae.n_components": 32, "image_height": 32, "image_width": 48,
+        "shift_px": 2.0, "brightness_jitter": 0.1, "contrast_jitter": 0.1, "colour_jitter": 0.03,
+        "score": "topk", "topk.fraction": 0.02, "threshold_policy": "tnr_target",
+    },
+}
+# The invariance options of the search space, each added alone to a config (--invariance).
+INVARIANCE_OPTIONS = {
+    "as is": {},
+    "per_crop": {"normalisation": "per_crop"},
+    "blur 1.0": {"blur_sigma": 1.0},
+    "shift 4px": {"shift_px": 4.0},
 }
 
 
@@ -48,7 +64,7 @@ def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=())
     # Other scores of the same trained model: one forward pass yields them all.
     for score in (cfg["score"], *(s for s in also_scores if s != cfg["score"])):
         report = test_report(state, {**cfg, "score": score}, splits, val_scores)
-        rows.append({
+        row = {
             "config": name, "epochs": cfg["epochs"], "score": score,
             "val_tpr_at_tnr": round(metrics[score]["tpr_at_tnr"], 4),
             "test_tpr": round(report["tpr"], 4), "test_tnr": round(report["tnr"], 4),
@@ -56,7 +72,13 @@ def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=())
             "test_auroc": round(report["auroc"], 4),
             "test_oracle_tpr_at_tnr": round(report["oracle_tpr_at_tnr"], 4),
             "seconds": seconds,
-        })
+        }
+        if "site" in report:
+            row.update({"val_tpr_at_site": round(metrics[score]["tpr_at_site"], 4),
+                        "val_site_margin": round(metrics[score]["site_margin"], 4),
+                        "site_test_tpr": round(report["site"]["tpr"], 4),
+                        "site_test_tnr": round(report["site"]["tnr"], 4)})
+        rows.append(row)
     return rows
 
 
@@ -68,12 +90,18 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--also-scores", nargs="*", default=[], choices=list(SCORE_TYPES),
                    help="also report these scores of the same trained model")
+    p.add_argument("--invariance", action="store_true",
+                   help="train each config as it is and with each invariance option alone (INVARIANCE_OPTIONS)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     splits = make_splits(load_proliv(args.data))
+    options = INVARIANCE_OPTIONS if args.invariance else {"as is": {}}
     for name in args.configs:
-        for row in run_config(name, CALIBRATION_CONFIGS[name], splits, args.epochs, args.also_scores):
-            print(json.dumps(row), flush=True)
+        for option, extra in options.items():
+            label = name if option == "as is" else f"{name} + {option}"
+            for row in run_config(label, {**CALIBRATION_CONFIGS[name], **extra}, splits, args.epochs,
+                                  args.also_scores):
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

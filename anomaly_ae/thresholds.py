@@ -16,6 +16,10 @@ from anomaly_ae.metrics import _as_scores, tnr_threshold
 ThresholdPolicy = Callable[..., float]
 
 
+class SitePoolTooSmall(ValueError):
+    """The site pool has too few crops for the site rule at the stated target, bound and risk."""
+
+
 def tnr_target(normal_scores, anomaly_scores, tnr: float = 0.95) -> float:
     """Seed 002: the threshold of max TPR subject to TNR >= tnr."""
     return tnr_threshold(normal_scores, tnr)
@@ -105,7 +109,7 @@ def site_rank(n_pool: int, tnr: float = 0.95, max_spill_fraction: float = 0.05, 
         raise ValueError("the site pool is empty")
     k = _site_rank_or_none(n_pool, tnr, max_spill_fraction, delta)
     if k is None:
-        raise ValueError(
+        raise SitePoolTooSmall(
             f"a site pool of {n_pool} crops is too small to promise TNR >= {tnr} with probability "
             f"{1 - delta:g} when up to {max_spill_fraction:.1%} of it may be spills; it needs at least "
             f"{min_site_pool_size(tnr, max_spill_fraction, delta)} crops")

@@ -115,6 +115,16 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert f"threshold {expected:.6g}" in printed and "recalibrated on 100 site crops" in printed
     scores = pd.read_csv(csv)
     assert ((scores["score"] > expected).astype(int) == scores["label"]).all()
+    # A window too small for the rule is refused with the size it needs.
+    import shutil
+
+    small = tmp_path / "small-window"
+    small.mkdir()
+    for p in sorted((tiny_sweep.data / "site").iterdir())[:30]:
+        shutil.copy(p, small / p.name)
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+                            "--images", str(images), "--out", str(csv), "--site", str(small)]) == 2
+    assert "a site pool of 30 crops is too small" in capsys.readouterr().err
     missing = tmp_path / "no-crops"
     assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
                             "--images", str(missing), "--out", str(csv)]) == 2

@@ -142,3 +142,24 @@ def test_benchmark_search_needs_a_budget_or_a_prefix(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert run_search.main(["benchmark-search", "--summarize", "nothing-here", "--tracking-uri", uri]) == 2
     assert "--summarize: no experiment starts with 'nothing-here'" in capsys.readouterr().err
+
+
+def test_the_site_objective_needs_a_site_pool_large_enough(tmp_path, capsys):
+    import shutil
+
+    from anomaly_ae.data import make_dataset
+
+    root = tmp_path / "d"
+    make_dataset(root, scale=0.01, seed=3)
+    args = ["search", "--data", str(root), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+            "--storage-path", str(tmp_path / "ray")]
+    small = tmp_path / "small-pool"
+    small.mkdir()
+    for p in sorted((root / "site").iterdir())[:40]:
+        shutil.copy(p, small / p.name)
+    assert run_search.main([*args, "--site", str(small)]) == 2
+    assert f"--site: {small} holds 40 crops; the site threshold needs at least 62" in capsys.readouterr().err
+    shutil.rmtree(root / "site")
+    assert run_search.main([*args, "--objective", "site"]) == 2
+    assert "--objective site: there is no site pool" in capsys.readouterr().err
+    assert not (tmp_path / "ray").exists()  # refused before Ray started
