@@ -130,12 +130,13 @@ def device_rand(gen: torch.Generator, dev: torch.device, *shape) -> torch.Tensor
     return torch.rand(*shape, generator=gen, device=gen.device).to(dev)
 
 
-def random_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def random_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
     """Gaussian blur with its own sigma per crop (sigma ~ 0 leaves a crop as it is), separable.
 
     Optics differ between sites (focus, dirt on the lens); training on blurred normals keeps a softer
-    crop from scoring as an anomaly."""
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    crop from scoring as an anomaly. The kernel's radius comes from ``max_sigma``, a host number, so
+    the step never waits on the device to size it."""
+    radius = max(1, int(math.ceil(3 * max_sigma)))
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-taps.pow(2) / (2 * sigma.clamp_min(1e-3).to(x.dtype).pow(2)[:, None]))
     kernel = kernel / kernel.sum(1, keepdim=True)  # (n, 2r + 1)
@@ -169,7 +170,7 @@ def augment(x: torch.Tensor, cfg: dict, gen: torch.Generator) -> torch.Tensor:
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if cfg["blur_sigma"] > 0:
-        x = random_blur(x, rand(n) * cfg["blur_sigma"])
+        x = random_blur(x, rand(n) * cfg["blur_sigma"], cfg["blur_sigma"])
     if cfg["brightness_jitter"] > 0:
         x = x * (1 + uniform(n, 1, 1, 1, scale=cfg["brightness_jitter"]))
     if cfg["contrast_jitter"] > 0:

@@ -22,7 +22,7 @@ def train_u8(n=96):
 def config(**kw):
     return validate_config({"variant": "conv_ae", "conv_ae.base_width": 8, "batch_size": 8, "steps_per_epoch": 10,
                             "hflip": True, "shift_px": 2.0, "brightness_jitter": 0.1, "corruption_prob": 0.5,
-                            "seed": 3, **kw})
+                            "blur_sigma": 1.0, "normalisation": "per_crop", "seed": 3, **kw})
 
 
 def test_the_generator_lives_on_the_trial_device():
@@ -33,8 +33,8 @@ def test_the_generator_lives_on_the_trial_device():
 def test_the_step_loop_never_syncs_the_host_per_step(monkeypatch):
     """Counts the host reads of a tensor (.item(), truth tests) made by the project's own code;
     the optimizer's own reads of its CPU step counters are not device syncs."""
-    calls = {"item": 0, "bool": 0}
-    real_item, real_bool = torch.Tensor.item, torch.Tensor.__bool__
+    calls = {"item": 0, "bool": 0, "float": 0}
+    real_item, real_bool, real_float = torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__
 
     def ours() -> bool:
         return sys._getframe(2).f_code.co_filename.startswith(str(PROJECT))
@@ -47,13 +47,19 @@ def test_the_step_loop_never_syncs_the_host_per_step(monkeypatch):
         calls["bool"] += ours()
         return real_bool(self)
 
+    def as_float(self):
+        calls["float"] += ours()
+        return real_float(self)
+
     cfg, data = config(), train_u8()
     state = build_trial(cfg, data)
     monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch.Tensor, "__bool__", as_bool)
+    monkeypatch.setattr(torch.Tensor, "__float__", as_float)
     loss = train_one_epoch(state, cfg, data)
-    # 10 steps: one divergence check and one read of the mean loss, at the epoch's end.
-    assert calls == {"item": 1, "bool": 1} and math.isfinite(loss)
+    # 10 steps (with blur and per-crop standardisation): one divergence check and one read of the mean
+    # loss, at the epoch's end.
+    assert calls == {"item": 1, "bool": 1, "float": 0} and math.isfinite(loss)
 
 
 def test_divergence_is_caught_at_the_next_check(monkeypatch):
