@@ -145,6 +145,9 @@ def add_site_args(p: argparse.ArgumentParser, folder_help: str | None = None) ->
                    help="stated upper bound on the share of spills in the site pool (default 0.05)")
     p.add_argument("--site-delta", type=risk, default=None,
                    help="risk that the site threshold breaks its TNR promise (default 0.05)")
+    p.add_argument("--site-known-spills", type=Path, default=None, metavar="FILE",
+                   help="names of site crops a review found to be spills, one per line: they are left out of the "
+                        "pool and the spill bound shrinks by as many (promote writes the crops to review)")
 
 
 def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
@@ -368,7 +371,7 @@ def new_sweep(args, experiment: str, checked: dict):
             print(f"  {make_dataset(data_dir, scale=args.scale, seed=0, overwrite=True)}", flush=True)
     tick = time.perf_counter()
     data = load_proliv(data_dir, site=args.site, site_max_spill_fraction=site_bound(args),
-                       site_delta=site_risk(args))
+                       site_delta=site_risk(args), site_known_spills=args.site_known_spills)
     splits = make_splits(data, args.val_fraction, args.val_spill_fraction, seed=0)
     site_note = f", {len(data.site)} site crops from {data.site.root}" if data.site is not None else ", no site pool"
     print(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
@@ -593,7 +596,8 @@ def cmd_promote(args) -> int:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
                          args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
-                         site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta)
+                         site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
+                         site_known_spills=args.site_known_spills)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
@@ -613,6 +617,10 @@ def cmd_promote(args) -> int:
     print(f"  validation threshold: {operating_line(p.report)}")
     if "site" in p.report:
         print(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
+    if result.review_path is not None:
+        print(f"wrote {result.review_path}: the site crops above the shipped threshold, highest first. Spills among "
+              f"them use false-alarm slots the rule must assume are normals'; list the ones a review confirms in a "
+              f"file and promote again with --site-known-spills FILE")
     print(f"registered {args.model_name} version {result.version.version} with alias 'champion' "
           f"(models:/{args.model_name}@champion)")
     print(f"wrote {result.config_path} (reproduce with: python run_search.py search --config {result.config_path})")
@@ -629,6 +637,8 @@ def cmd_predict(args) -> int:
 
     if args.site is not None and args.threshold_policy:
         raise UsageError("--site and --threshold-policy both refix the threshold; give one")
+    if args.site_known_spills is not None and args.site is None:
+        raise UsageError("--site-known-spills: names crops of a --site window; give --site DIR too")
     ref = f"models:/{args.model_name}/{args.model}" if args.model.isdigit() else f"models:/{args.model_name}@{args.model}"
     mlflow.set_tracking_uri(args.tracking_uri)
     try:
@@ -642,7 +652,7 @@ def cmd_predict(args) -> int:
         from anomaly_ae.data import load_site_pool
 
         pool = load_site_pool(args.site, tuple(detector_model.detector["decode_size"]), site_bound(args),
-                              site_risk(args))
+                              site_risk(args), args.site_known_spills)
         detector_model.calibrate_on_site(pool)
         print(f"recalibrated on {len(pool)} site crops from {args.site}: threshold "
               f"{detector_model.detector['threshold']:.6g} (TNR >= {detector_model.detector['tnr_target']} "

@@ -277,6 +277,17 @@ class Promotion:
     version: object
     config_path: Path
     markdown: str
+    review_path: Path | None = None  # the site crops above the shipped threshold, for a review
+
+
+def write_site_review(report: dict, pool, path: Path) -> Path:
+    """The pool crops above the site threshold, highest score first: what a review should look at."""
+    scores = report["site"]["calibration"]["scores"]
+    flagged = sorted((s, name) for s, name in zip(scores, pool.names) if s > report["site"]["threshold"])
+    path.write_text("# site crops above the shipped threshold (name score), highest first; a review's spills go\n"
+                    "# one name per line into the file given to --site-known-spills\n"
+                    + "".join(f"{name} {s:.6g}\n" for s, name in reversed(flagged)))
+    return path
 
 
 def promote(client, tracking_uri: str, experiment: str, trial: str | None = None, retrain_seeds: list[int] = (),
@@ -284,7 +295,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
-            site_delta: float | None = None, log=print) -> Promotion:
+            site_delta: float | None = None, site_known_spills: Path | None = None, log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
     TNR >= target on validation normals) and at the site threshold when there is a site pool (the
     sweep's, or ``site_dir``), beside the baselines and references; register it."""
@@ -301,7 +312,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
         if ok.empty:
             raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
         row = ok.iloc[0]
-    data, splits = load_sweep_data(parent, data_dir, site_dir, site_max_spill_fraction, site_delta)
+    data, splits = load_sweep_data(parent, data_dir, site_dir, site_max_spill_fraction, site_delta,
+                                   site_known_spills)
 
     def policies(baseline: str, cfg: dict) -> tuple[str, ...]:
         own = stated_policy(baseline, cfg)
@@ -348,7 +360,10 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     config_path = write_best_config(promoted.cfg, config_out)
     version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
                        config_path)
-    return Promotion(promoted, table, version, config_path, markdown)
+    review = None
+    if "site" in promoted.report:
+        review = write_site_review(promoted.report, splits.site, Path(config_out).with_name("site_review.txt"))
+    return Promotion(promoted, table, version, config_path, markdown, review)
 
 
 def format_comparison(table: pd.DataFrame) -> str:

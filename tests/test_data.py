@@ -176,3 +176,25 @@ def test_generated_site_pool_is_unlabelled_shifted_and_disjoint_from_test(tmp_pa
     normals = data.test[data.test_labels == 0].reshape(-1, 3).mean(0)
     assert data.site.images.reshape(-1, 3).mean(0)[0] > data.train.reshape(-1, 3).mean(0)[0] + 3
     assert np.allclose(data.site.images.reshape(-1, 3).mean(0), normals, atol=3)
+
+
+def test_reviewed_spills_leave_the_pool_and_the_bound_shrinks_by_as_many(tmp_path):
+    from anomaly_ae.data.loading import reviewed_bound
+
+    # 1,000 crops at a 5% bound allow 50 spills; a review took 30 out: at most 20 among the 970 left.
+    assert reviewed_bound(1000, 0.05, 30) == pytest.approx(20 / 970)
+    with pytest.raises(DatasetError, match="found 51 spills .* more than the stated bound of 0.05 allows \\(50\\)"):
+        reviewed_bound(1000, 0.05, 51)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((30, 48, 3), 40 * i, np.uint8)).save(pool / f"{i}.png")
+    review = tmp_path / "spills.txt"
+    review.write_text("# confirmed by a review\n4.png\n5.png\n")
+    site = load_site_pool(pool, (32, 48), max_spill_fraction=0.5, known_spills=review)
+    assert site.names == ["0.png", "1.png", "2.png", "3.png"] and site.known_spills == 2
+    assert site.max_spill_fraction == pytest.approx(1 / 4)  # floor(0.5 * 6) - 2 = 1 of the 4 left
+    assert site.describe()["site_max_spill_fraction"] == "0.5" and site.describe()["site_known_spills"] == "2"
+    review.write_text("4.png\nnot-there.png\n")
+    with pytest.raises(DatasetError, match="spills.txt:2: 'not-there.png' is not a crop of the site pool"):
+        load_site_pool(pool, (32, 48), known_spills=review)

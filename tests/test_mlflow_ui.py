@@ -86,6 +86,8 @@ def test_the_printed_link_opens_the_sweep_sorted_by_objective_with_honest_status
     assert "orderByKey=metrics.%60objective%60" in page.url and "orderByAsc=false" in page.url
     text = page.inner_text("body")
     assert "Model training" in text and "objective" in text
+    # Both objectives are columns beside the one the sweep is judged by (the tiny data has a site pool).
+    assert "val/objective_clean" in text and "val/objective_site" in text
     for run in trials:  # every trial is listed by a name that starts with its variant
         assert run.info.run_name.startswith(run.data.tags["variant"])
         assert run.info.run_name[:12] in text

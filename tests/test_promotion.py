@@ -181,6 +181,20 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert row["site_tnr"] == site["tnr"] and row["test_tnr"] == report["tnr"]  # both rows, side by side
     assert {"ref:pca16", "ref:knn5"} <= set(result.table["config"])
     assert result.table["site_tpr"].notna().all()  # the references and baselines at the site threshold too
+    # The crops to review: the pool's crops above the shipped threshold, highest first.
+    listed = [line.split() for line in result.review_path.read_text().splitlines() if not line.startswith("#")]
+    flagged = {n for n, s in zip(splits.site.names, site["calibration"]["scores"]) if s > site["threshold"]}
+    assert {name for name, _ in listed} == flagged
+    assert [float(s) for _, s in listed] == sorted((float(s) for _, s in listed), reverse=True)
+    # A review's spills leave the pool: the threshold is fixed again on what is left, and the version says so.
+    known = tmp_path / "known.txt"
+    known.write_text("\n".join(name for name, _ in listed[:2]) + "\n")
+    reviewed = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
+                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_known_spills=known,
+                       log=lambda *_: None)
+    kept = reviewed.promoted.report["site"]["calibration"]
+    assert kept["site_size"] == str(len(splits.site) - len(listed[:2])) and kept["site_known_spills"] == str(len(listed[:2]))
+    assert client.get_model_version_by_alias("itest-policy", "champion").tags["site_known_spills"] == str(len(listed[:2]))
 
 
 def test_second_sweep_warm_starts_from_the_first(tiny_sweep, tmp_path, capsys):

@@ -11,6 +11,7 @@ Layout::
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,8 +34,10 @@ class DatasetError(ValueError):
 class SitePool:
     """Unlabelled crops from the conditions where the detector runs (a few may be spills).
 
-    ``max_spill_fraction`` is the user's stated upper bound on the share of spills in it, and
-    ``delta`` the risk the site threshold may break its TNR promise; both feed ``site_threshold``.
+    ``max_spill_fraction`` bounds the share of spills among these crops, and ``delta`` is the risk the
+    site threshold may break its TNR promise; both feed ``site_threshold``. Crops a review found to be
+    spills (``known_spills`` of them) are left out, and the bound shrinks by as many (``stated_bound``
+    is the user's, as a share of the whole folder).
     """
 
     images: np.ndarray
@@ -43,14 +46,59 @@ class SitePool:
     root: str
     max_spill_fraction: float = 0.05
     delta: float = 0.05
+    stated_bound: float | None = None
+    known_spills: int = 0
+    known_spills_file: str = ""
 
     def __len__(self) -> int:
         return len(self.images)
 
     def describe(self) -> dict[str, str]:
         """What records the pool a threshold was fixed on (sweep tags, registry version tags)."""
-        return {"site_hash": self.content_hash, "site_size": str(len(self)), "site_path": self.root,
-                "site_max_spill_fraction": f"{self.max_spill_fraction:g}", "site_delta": f"{self.delta:g}"}
+        stated = self.max_spill_fraction if self.stated_bound is None else self.stated_bound
+        out = {"site_hash": self.content_hash, "site_size": str(len(self)), "site_path": self.root,
+               "site_max_spill_fraction": f"{stated:g}", "site_delta": f"{self.delta:g}"}
+        if self.known_spills_file:
+            out.update(site_known_spills=str(self.known_spills), site_known_spills_file=self.known_spills_file)
+        return out
+
+
+def read_known_spills(path, pool_names: list[str], folder) -> set[str]:
+    """Names of pool crops a review found to be spills, one per line; every name must be in the pool."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"missing known-spills file: {path}")
+    names, present = set(), set(pool_names)
+    for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        name = raw.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name not in present:
+            raise DatasetError(f"{path}:{lineno}: {name!r} is not a crop of the site pool {folder}")
+        names.add(name)
+    return names
+
+
+def reviewed_bound(n_folder: int, stated: float, known: int) -> float:
+    """The spill bound of a pool whose ``known`` reviewed spills were taken out, as a share of what is left.
+
+    The stated bound allows floor(stated * n) spills in the whole folder; the review took ``known`` of
+    them out, so at most floor(stated * n) - known remain among the n - known crops kept. The normals
+    are all still there, and still i.i.d., so the site rule's guarantee carries over."""
+    allowed = int(math.floor(stated * n_folder + 1e-9))
+    if known > allowed:
+        raise DatasetError(f"the review found {known} spills in a site pool of {n_folder} crops, more than the "
+                           f"stated bound of {stated:g} allows ({allowed}); raise --site-max-spill-fraction")
+    return (allowed - known) / (n_folder - known)
+
+
+def site_files_of(folder: Path, known_spills) -> tuple[list[Path], list[Path]]:
+    """(the pool's image files, those a review found to be spills and so left out)."""
+    files = list_images(folder)
+    if known_spills is None:
+        return files, []
+    known = read_known_spills(known_spills, [p.name for p in files], folder)
+    return [p for p in files if p.name not in known], [p for p in files if p.name in known]
 
 
 @dataclass
@@ -150,17 +198,27 @@ def site_folder(root: Path, site) -> Path | None:
     return default if default.exists() else None
 
 
+def make_site_pool(images: np.ndarray, folder: Path, files: list[Path], removed: list[Path], key: str,
+                   max_spill_fraction: float, delta: float, known_spills) -> SitePool:
+    n_folder = len(files) + len(removed)
+    bound = reviewed_bound(n_folder, max_spill_fraction, len(removed)) if known_spills else max_spill_fraction
+    return SitePool(images, [p.name for p in files], key, str(folder), bound, delta, max_spill_fraction, len(removed),
+                    str(known_spills) if known_spills else "")
+
+
 def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = 0.05,
-                   delta: float = 0.05) -> SitePool:
-    """Decode a folder of unlabelled site crops (no cache: a new window is scored once)."""
+                   delta: float = 0.05, known_spills=None) -> SitePool:
+    """Decode a folder of unlabelled site crops (no cache: a new window is scored once); crops named in
+    ``known_spills`` (a review's finds) are left out."""
     folder = Path(folder)
-    files = list_images(folder)
-    return SitePool(decode_images(files, size), [p.name for p in files], content_hash(files), str(folder),
-                    max_spill_fraction, delta)
+    files, removed = site_files_of(folder, known_spills)
+    return make_site_pool(decode_images(files, size), folder, files, removed, content_hash(files),
+                          max_spill_fraction, delta, known_spills)
 
 
 def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | None = None, site=None,
-                site_max_spill_fraction: float = 0.05, site_delta: float = 0.05) -> ProlivData:
+                site_max_spill_fraction: float = 0.05, site_delta: float = 0.05,
+                site_known_spills=None) -> ProlivData:
     """Decode the folder at ``root`` to ``size`` (H, W), reusing the cache when content is unchanged.
 
     The site pool (``site``, or ``ROOT/site/`` when it exists) is decoded and cached with the rest,
@@ -177,7 +235,7 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
     test_names, test_labels = parse_annotation(annotation, test_dir)
     test_files = [test_dir / n for n in test_names]
     site_dir = site_folder(root, site)
-    site_files = list_images(site_dir) if site_dir is not None else []
+    site_files, removed = site_files_of(site_dir, site_known_spills) if site_dir is not None else ([], [])
 
     labelled = key = content_hash(train_files + proliv_files + test_files, [annotation])
     site_key = content_hash(site_files) if site_files else None
@@ -189,8 +247,8 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
     def site_pool(images):
         if site_key is None:
             return None
-        return SitePool(images, [p.name for p in site_files], site_key, str(site_dir), site_max_spill_fraction,
-                        site_delta)
+        return make_site_pool(images, site_dir, site_files, removed, site_key, site_max_spill_fraction, site_delta,
+                              site_known_spills)
 
     if cache_file.is_file():
         with np.load(cache_file) as z:
