@@ -136,8 +136,11 @@ def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
     bound = float(tags.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
     risk = float(tags.get("site_delta", 0.05)) if delta is None else delta
     sweep_site = tags.get("site_path") if "site_hash" in tags else None
-    if known_spills is None and site_dir is None:
-        known_spills = tags.get("site_known_spills_file") or None
+    sweep_review = tags.get("site_known_spills_file") or None
+    # A new window or a new review changes the pool on purpose; only the sweep's own pool is checked.
+    same_pool = site_dir is None and (known_spills is None or str(known_spills) == sweep_review)
+    if same_pool:
+        known_spills = sweep_review
     data = load_proliv(root, site=sweep_site if site_dir is None else site_dir, site_max_spill_fraction=bound,
                        site_delta=risk, site_known_spills=known_spills)
     # Sweeps from before site pools recorded no labelled_hash: their dataset_hash is that hash.
@@ -145,8 +148,7 @@ def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
     if expected and data.labelled_hash != expected:
         raise SweepNotFound(f"--data: {root} has content hash {data.labelled_hash[:12]}, but the sweep ran on "
                             f"{expected[:12]} ({tags.get('dataset_path')}); pass the sweep's dataset")
-    if site_dir is None and sweep_site is not None and data.site.content_hash != tags["site_hash"] and \
-            known_spills == (tags.get("site_known_spills_file") or None):
+    if same_pool and sweep_site is not None and data.site.content_hash != tags["site_hash"]:
         raise SweepNotFound(f"--site: the sweep's site pool {sweep_site} has changed since (content hash "
                             f"{data.site.content_hash[:12]}, the sweep saw {tags['site_hash'][:12]}); pass --site "
                             f"to calibrate on the pool as it is now")
