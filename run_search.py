@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Fix the threshold on validation, evaluate once on test beside the seed "
                                          "baselines, register the model and set the alias 'champion'.")
     add_store_args(promote)
-    promote.add_argument("--trial", default=None, help="trial id or run id to promote (default: the best)")
+    promote.add_argument("--trial", default=None, help="trial id, run id, or enqueued name (seed000, start:knn5) to promote (default: the best)")
     promote.add_argument("--retrain", action="store_true",
                          help="retrain the config with full passes over the train split first, once per seed")
     promote.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --retrain (default 0 1 2)")

@@ -98,7 +98,26 @@ def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) 
         verdict = "the search beat all of them"
     else:
         verdict = "the search did NOT beat all of them"
-    return "val objective: " + ", ".join(parts) + f" -> {verdict}"
+    return "val objective: " + ", ".join(parts) + f" -> {verdict}" + champion_line(frame, references)
+
+
+def champion_line(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
+    """What promote ships by default, whatever kind of trial it is; a reference that scores above it
+    on validation is named with the command that ships its start point."""
+    ranked = rank_trials(frame[frame["best_objective"].notna()])
+    if ranked.empty:
+        return ""
+    top = ranked.iloc[0]
+    name = top["baseline"] or ""
+    kind = ("a searched trial" if not name else f"the {name[6:]} reference, enqueued as a trial"
+            if name.startswith("start:") else f"seed baseline {name}")
+    line = f"\nchampion (what promote ships): trial {top['trial_id']}, {top['variant']}, {kind}, val {top['best_objective']:.4f}"
+    if references is not None and len(references):
+        ref = references.sort_values("best_objective", ascending=False).iloc[0]
+        if ref["best_objective"] > top["best_objective"]:
+            line += (f"\nreference {ref['baseline'][4:]} scores {ref['best_objective']:.4f} on val, above every trial: "
+                     f"promote --trial start:{ref['baseline'][4:]} ships it (its start point is the same detector)")
+    return line
 
 
 def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:

@@ -302,7 +302,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     parent = find_parent_run(client, experiment, parent_run_id)
     frame = sweep_frame(client, parent)
     if trial is not None:
-        chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial)]
+        # A trial id, a run id, or an enqueued trial's name (seed000, start:knn5).
+        chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial) | (frame["baseline"] == trial)]
         if chosen.empty:
             raise SweepNotFound(f"--trial: no trial {trial!r} in sweep {parent.info.run_id}; "
                                 f"trials: {', '.join(frame['trial_id'])}")

@@ -61,11 +61,15 @@ SEED_BASELINES: dict[str, dict] = {
 
 NEEDS_PERCEPTUAL_WEIGHTS = {"seed004"}
 
-# The classical reference (anomaly_ae.references: pca16) as a trial config. Sweeps enqueue it beside
-# the seed baselines, so that TPE starts from PCA's region too and a sweep is never worse than PCA.
+# The classical references (anomaly_ae.references: pca16, knn5) as trial configs. Sweeps enqueue them
+# beside the seed baselines, so that TPE starts from their regions too, a sweep is never worse than
+# either on validation, and a reference that wins is a trial that promote can ship.
 PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height": 32, "image_width": 48,
                  "normalisation": "none", "score": "mse", "threshold_policy": "tnr_target"}
-START_POINTS = {"start:pca16": PCA_REFERENCE}
+KNN_REFERENCE = {"variant": "knn", "knn.k": 5, "knn.pool": 2, "knn.pca_dim": 0, "knn.metric": "l2",
+                 "image_height": 32, "image_width": 48, "normalisation": "none", "score": "knn_mean",
+                 "threshold_policy": "tnr_target"}
+START_POINTS = {"start:pca16": PCA_REFERENCE, "start:knn5": KNN_REFERENCE}
 
 
 def baseline_configs(perceptual_available: bool) -> dict[str, dict]:
@@ -99,7 +103,7 @@ def canonical(cfg: dict) -> dict:
 
 
 def startup_configs(perceptual_available: bool) -> dict[str, dict]:
-    """What a sweep enqueues before searching: the runnable seed baselines and the PCA start point.
+    """What a sweep enqueues before searching: the runnable seed baselines and the reference start points.
 
     Each is judged by its own stated score, never counted as a searched trial."""
     return {**baseline_configs(perceptual_available),

@@ -48,9 +48,13 @@ def _plain(value):
 
 def save_checkpoint(path: Path, payload: dict, with_optimizer: bool = True) -> Path:
     """Write ``payload`` (see ``anomaly_ae.training.checkpoint_payload``) in the safe format."""
-    out = {k: _plain(v) for k, v in payload.items() if k not in ("model_state", "optimizer_state", "val_scores")}
+    tensors = ("model_state", "optimizer_state", "val_scores", "latent_bank")
+    out = {k: _plain(v) for k, v in payload.items() if k not in tensors}
     out["model_state"] = {k: v.detach().cpu() for k, v in payload["model_state"].items()}
     out["val_scores"] = _to_tensors(payload["val_scores"])
+    bank = payload.get("latent_bank")
+    out["latent_bank"] = None if bank is None else {
+        k: v.detach().cpu() if isinstance(v, torch.Tensor) else _plain(v) for k, v in bank.items()}
     if with_optimizer and payload.get("optimizer_state") is not None:
         out["optimizer_state"] = payload["optimizer_state"]
     torch.save(out, path)

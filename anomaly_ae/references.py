@@ -2,9 +2,11 @@
 
 - ``pca16``: a 16-component PCA reconstruction, RGB at 32x48, scored by MSE: the classical
   reconstruction-error detector. It is the ``pca_ae`` variant at fixed settings.
-- ``knn5``: the mean Euclidean distance to the 5 nearest training crops, RGB pixels at 16x24.
+- ``knn5``: the mean Euclidean distance to the 5 nearest training crops, RGB pixels at 32x48
+  pooled to 16x24. It is the ``knn`` variant at fixed settings.
 
-Both fit in seconds without gradient steps. Their objective is computed exactly as a trial's
+Both fit in seconds without gradient steps, and both are enqueued as start points
+(``start:pca16``, ``start:knn5``), so the trial that reproduces a winning reference can be promoted. Their objective is computed exactly as a trial's
 (same splits, same TNR target, same objective), with their own fixed score.
 """
 from __future__ import annotations
@@ -15,17 +17,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from anomaly_ae.baselines import PCA_REFERENCE
+from anomaly_ae.baselines import KNN_REFERENCE, PCA_REFERENCE
 from anomaly_ae.config import validate_config
 from anomaly_ae.selection import score_objective
 from anomaly_ae.training import (
     SiteInput, build_trial, fit_closed_form, nuisance_split, score_images, score_summary, site_metrics,
 )
 
-KNN_K, KNN_SIZE = 5, (16, 24)
-REFERENCE_NAMES = ("pca16", "knn5")
+REFERENCES = {"pca16": (PCA_REFERENCE, "PCA, 16 components, RGB 32x48, MSE"),
+              "knn5": (KNN_REFERENCE, "kNN distance, k=5, RGB pixels 32x48 pooled to 16x24")}
+REFERENCE_NAMES = tuple(REFERENCES)
 
 
 @dataclass
@@ -39,27 +41,9 @@ class Reference:
     fit_seconds: float
 
 
-def knn_scorer(train_u8: torch.Tensor, k: int = KNN_K, size: tuple[int, int] = KNN_SIZE, chunk: int = 512):
-    """Mean distance to the k nearest training crops, on downsampled RGB pixels."""
-    def features(u8):
-        x = u8.permute(0, 3, 1, 2).float() / 255.0
-        return F.interpolate(x, size=size, mode="area").flatten(1)
-
-    bank = features(train_u8)
-
-    @torch.no_grad()
-    def score(u8: torch.Tensor) -> np.ndarray:
-        out = []
-        for i in range(0, len(u8), chunk):
-            d = torch.cdist(features(u8[i:i + chunk]), bank)
-            out.append(d.topk(k, dim=1, largest=False).values.mean(1))
-        return torch.cat(out).double().numpy()
-
-    return score
-
-
-def pca_scorer(train_u8: torch.Tensor, tnr_target: float):
-    cfg = validate_config({**PCA_REFERENCE, "tnr_target": tnr_target})
+def variant_scorer(raw: dict, train_u8: torch.Tensor, tnr_target: float):
+    """A closed-form variant fitted on the train crops, scoring uint8 crops by the config's own score."""
+    cfg = validate_config({**raw, "tnr_target": tnr_target})
     state = build_trial(cfg, train_u8, torch.device("cpu"))
     fit_closed_form(state, cfg, train_u8)
     return lambda u8: score_images(state, cfg, u8)[0][cfg["score"]]
@@ -69,12 +53,10 @@ def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = 
     """Fit one reference on the train split and score it on validation (and its nuisance copy)."""
     tick = time.perf_counter()
     train = torch.from_numpy(np.ascontiguousarray(splits.train))
-    if name == "pca16":
-        scorer, description = pca_scorer(train, tnr_target), "PCA, 16 components, RGB 32x48, MSE"
-    elif name == "knn5":
-        scorer, description = knn_scorer(train), f"kNN distance, k={KNN_K}, RGB pixels {KNN_SIZE[0]}x{KNN_SIZE[1]}"
-    else:
+    if name not in REFERENCES:
         raise ValueError(f"unknown reference detector {name!r}; valid: {list(REFERENCE_NAMES)}")
+    raw, description = REFERENCES[name]
+    scorer = variant_scorer(raw, train, tnr_target)
     normal = torch.from_numpy(np.ascontiguousarray(splits.val_normal))
     spill = torch.from_numpy(np.ascontiguousarray(splits.val_spill))
     val = {"normal": scorer(normal), "spill": scorer(spill)}

@@ -1,7 +1,8 @@
 """Anomaly scores derived from one forward pass's residual map.
 
 Each score maps (inputs, reconstructions) of shape (B, C, H, W) to one value per
-crop, higher meaning more anomalous. All of them are computed from the same
+crop, higher meaning more anomalous. A distance detector's scores read its neighbour
+distances instead; the latent-distance scores live in ``anomaly_ae.latent_bank``. All of them are computed from the same
 forward pass, so a trial can report every score's metrics at no extra training.
 """
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-SCORE_TYPES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual")
+SCORE_TYPES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual",
+               "knn_mean", "knn_kth", "latent_knn", "latent_hybrid")
 # Scores that need nothing beyond x and its reconstruction.
 RESIDUAL_SCORES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max")
 
@@ -112,6 +114,22 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).flatten(1).sum(1)
 
 
+def knn_mean_score(x, recon, distances=None, **_):
+    """Mean distance to the k nearest bank crops."""
+    return _distances(distances, "knn_mean").mean(1)
+
+
+def knn_kth_score(x, recon, distances=None, **_):
+    """Distance to the k-th nearest bank crop: blind to a few near-duplicates of a spill in the bank."""
+    return _distances(distances, "knn_kth")[:, -1]
+
+
+def _distances(distances, name):
+    if distances is None:
+        raise ValueError(f"the {name!r} score needs a distance detector (the knn variant)")
+    return distances
+
+
 SCORE_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mse": mse_score,
     "l1": l1_score,
@@ -121,6 +139,8 @@ SCORE_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "smooth_max": smooth_max_score,
     "centred_max": centred_max_score,
     "elbo": elbo_score,
+    "knn_mean": knn_mean_score,
+    "knn_kth": knn_kth_score,
 }
 
 
@@ -133,6 +153,7 @@ def compute_scores(
     logvar: torch.Tensor | None = None,
     perceptual=None,
     data_range: float = 1.0,
+    distances: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every requested score for one batch. ``score_params`` overrides the defaults by score name."""
     score_params = score_params or {}
@@ -146,5 +167,6 @@ def compute_scores(
         if name not in SCORE_FUNCTIONS:
             raise ValueError(f"unknown score {name!r}; valid: {list(SCORE_TYPES)}")
         params = {**DEFAULT_SCORE_PARAMS.get(name, {}), **score_params.get(name, {})}
-        out[name] = SCORE_FUNCTIONS[name](x, recon, mu=mu, logvar=logvar, data_range=data_range, **params)
+        out[name] = SCORE_FUNCTIONS[name](x, recon, mu=mu, logvar=logvar, data_range=data_range,
+                                          distances=distances, **params)
     return out

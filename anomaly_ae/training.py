@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -17,12 +18,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anomaly_ae.config import model_params, score_params
+from anomaly_ae.latent_bank import LatentBank, bank_indices, fit_bank
 from anomaly_ae.losses import PerceptualDistance, kl_loss, reconstruction_loss
 from anomaly_ae.metrics import detection_summary, operating_margin
 from anomaly_ae.models import build_model, model_spec
 from anomaly_ae.models.vae import kl_beta_of
 from anomaly_ae.nuisance import perturb_nuisance
-from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores
+from anomaly_ae.models.registry import LATENT_SCORES
+from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores, mse_score
 from anomaly_ae.selection import choose_score, score_objective, selection_bias, site_summary
 
 
@@ -223,6 +226,8 @@ class TrialState:
     device: torch.device
     generator: torch.Generator
     epoch: int = 0
+    latent_bank: LatentBank | None = None  # train latents for the latent-distance scores
+    latent_seconds: float = 0.0  # time spent on them so far: their extra cost per trial
 
 
 def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer | None:
@@ -307,7 +312,33 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
             if not torch.isfinite(total):
                 raise DivergedError(f"loss became {total.item()} by epoch {state.epoch + 1}, step {step + 1}")
     state.epoch += 1
+    refresh_latent_bank(state, cfg, train_u8)
     return total.item() / max(steps, 1)
+
+
+@torch.inference_mode()
+def refresh_latent_bank(state: TrialState, cfg: dict, train_u8: torch.Tensor, batch_size: int = 512) -> None:
+    """Encode the bank and scale crops with the model as it is now (anomaly_ae.latent_bank)."""
+    if LATENT_SCORES[0] not in model_spec(cfg["variant"]).extra_scores:
+        return
+    tick = time.perf_counter()
+    state.model.eval()
+    pre = state.preprocess
+
+    def encode(indices):
+        latents, errors = [], []
+        for chunk in indices.split(batch_size):
+            x = pre.to_unit(train_u8[chunk.to(train_u8.device)].to(state.device))
+            out = state.model(model_input(state, cfg, x))
+            latents.append(out.latent.float().flatten(1))
+            errors.append(mse_score(x, pre.denormalise(out.recon.float(), x).clamp(0, 1)))
+        return torch.cat(latents), torch.cat(errors)
+
+    bank_idx, scale_idx = bank_indices(len(train_u8), cfg["seed"])
+    bank, _ = encode(bank_idx)
+    scale_latents, scale_mse = encode(scale_idx)
+    state.latent_bank = fit_bank(bank, scale_latents, scale_mse)
+    state.latent_seconds += time.perf_counter() - tick
 
 
 @torch.no_grad()
@@ -329,13 +360,15 @@ def fit_closed_form(state: TrialState, cfg: dict, train_u8: torch.Tensor, chunk:
     loss = F.mse_loss(pre.denormalise(recon, units), units).item()
     if not math.isfinite(loss):
         raise DivergedError(f"closed-form fit gave a reconstruction loss of {loss}")
+    refresh_latent_bank(state, cfg, train_u8)
     return loss
 
 
 def score_types_for(cfg: dict) -> list[str]:
-    """Every score derivable from this trial's forward pass."""
-    types = list(RESIDUAL_SCORES)
-    if model_spec(cfg["variant"]).variational:
+    """Every score derivable from this trial's forward pass (and its latent bank)."""
+    spec = model_spec(cfg["variant"])
+    types = list(RESIDUAL_SCORES) + list(spec.extra_scores)
+    if spec.variational:
         types.append("elbo")
     if needs_perceptual(cfg):
         types.append("perceptual")
@@ -347,14 +380,23 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
                  keep_recon: int = 0) -> tuple[dict[str, np.ndarray], tuple | None]:
     """Every score for every image; optionally the first ``keep_recon`` (input, recon) pairs."""
     state.model.eval()
-    pre, types, sparams = state.preprocess, score_types_for(cfg), score_params(cfg)
+    pre, sparams = state.preprocess, score_params(cfg)
+    bank = state.latent_bank
+    # A checkpoint from before latent banks has none: it simply lacks those scores.
+    types = [t for t in score_types_for(cfg) if bank is not None or t not in LATENT_SCORES]
+    direct = [t for t in types if t not in LATENT_SCORES]
     chunks: dict[str, list] = {t: [] for t in types}
     kept = None
     for start in range(0, len(images_u8), batch_size):
         x = pre.to_unit(images_u8[start:start + batch_size].to(state.device))
         out = state.model(model_input(state, cfg, x))  # scored in fp32 whatever the training precision
         recon = pre.denormalise(out.recon, x).clamp(0, 1)
-        scores = compute_scores(x, recon, types, sparams, out.mu, out.logvar, state.perceptual)
+        scores = compute_scores(x, recon, direct, sparams, out.mu, out.logvar, state.perceptual,
+                                distances=out.distances)
+        if bank is not None:
+            tick = time.perf_counter()
+            scores.update(bank.scores(out.latent, scores["mse"]))
+            state.latent_seconds += time.perf_counter() - tick
         for t in types:
             chunks[t].append(scores[t].float().cpu())
         if kept is None and keep_recon:
@@ -468,6 +510,7 @@ def checkpoint_payload(state: TrialState, cfg: dict, val_scores: dict, report: d
         "val_scores": val_scores,
         "epoch": state.epoch,
         "report": report,
+        "latent_bank": state.latent_bank.as_dict() if state.latent_bank is not None else None,
     }
 
 
@@ -484,4 +527,4 @@ def load_trained(payload: dict, device: torch.device | None = None) -> TrialStat
         perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
     opt = build_optimizer(cfg, model.parameters())
     return TrialState(model, opt, pre, perceptual, device, torch.Generator(device=device).manual_seed(cfg["seed"]),
-                      payload.get("epoch", 0))
+                      payload.get("epoch", 0), LatentBank.from_dict(payload.get("latent_bank"), device))

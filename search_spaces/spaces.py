@@ -14,6 +14,7 @@ from functools import partial
 
 from anomaly_ae.baselines import baseline_configs, startup_configs
 from anomaly_ae.models import model_spec
+from anomaly_ae.models.registry import LATENT_SCORES
 
 # (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
 VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
@@ -38,6 +39,10 @@ VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
               "mem_size": ("cat", [25, 50, 100, 200]), "shrink_threshold": ("float", 0.0, 0.02),
               "entropy_weight": ("logfloat", 1e-5, 1e-2)},
     "pca_ae": {"n_components": ("cat", [4, 8, 16, 32, 64, 128])},
+    # Pixels average-pooled by 2 or 4 from the searched image size (a bank of 10k crops at pool 1 and
+    # 64x64 would be 245 MB in every checkpoint), optionally projected on pca_dim principal directions.
+    "knn": {"k": ("cat", [1, 3, 5, 10, 20]), "pool": ("cat", [2, 4]), "pca_dim": ("cat", [0, 16, 32, 64, 128]),
+            "metric": ("cat", ["l2", "cosine"])},
 }
 
 # Variants whose output activation is fixed to sigmoid: inputs must stay in [0, 1].
@@ -98,17 +103,21 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
 
 
 RESIDUAL_SCORE_CHOICES = ["mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max"]
+# What most variants choose from: the residual scores and the latent-distance pair.
+COMMON_SCORE_CHOICES = RESIDUAL_SCORE_CHOICES + list(LATENT_SCORES)
 
 
 def score_choices(variant: str, perceptual: bool) -> list[str]:
-    return (RESIDUAL_SCORE_CHOICES + (["elbo"] if variant in VARIATIONAL else [])
-            + (["perceptual"] if perceptual else []))
+    return (RESIDUAL_SCORE_CHOICES + list(model_spec(variant).extra_scores)
+            + (["elbo"] if variant in VARIATIONAL else []) + (["perceptual"] if perceptual else []))
 
 
 def score_key(variant: str, perceptual: bool) -> str:
     # One name per choice set: Optuna refuses a name whose choices change between trials.
-    extra = score_choices(variant, perceptual)[len(RESIDUAL_SCORE_CHOICES):]
-    return f"score[{'+'.join(extra)}]" if extra else "score"
+    choices = score_choices(variant, perceptual)
+    if choices == COMMON_SCORE_CHOICES:
+        return "score"
+    return f"score[{'+'.join(c for c in choices if c not in RESIDUAL_SCORE_CHOICES)}]"
 
 
 def loss_key(perceptual: bool) -> str:

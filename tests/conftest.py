@@ -31,7 +31,7 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tiny_data_dir, tmp_path_factory):
-    """One real sweep (Ray + Optuna + ASHA + MLflow) of the PCA start point and the three first seed
+    """One real sweep (Ray + Optuna + ASHA + MLflow) of the two reference start points and the three first seed
     baselines, with the reference detectors, shared by tests."""
     import contextlib
     import io
@@ -46,7 +46,7 @@ def tiny_sweep(tiny_data_dir, tmp_path_factory):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = run_search.main([
-            "search", "--data", str(tiny_data_dir), "--num-samples", "4", "--epochs", "2", "--steps-per-epoch", "3",
+            "search", "--data", str(tiny_data_dir), "--num-samples", "5", "--epochs", "2", "--steps-per-epoch", "3",
             "--max-concurrent", "2", "--experiment", "itest", "--tracking-uri", uri,
             "--storage-path", str(tmp / "ray"), "--seed", "0", "--val-fraction", "0.2",
         ])

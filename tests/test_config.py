@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from anomaly_ae.baselines import PCA_REFERENCE, SEED_BASELINES, baseline_configs, match_baseline
+from anomaly_ae.baselines import SEED_BASELINES, START_POINTS, baseline_configs, match_baseline
 from anomaly_ae.config import ConfigError, model_params, validate_config
 from anomaly_ae.models import list_models
 from search_spaces import SPACES, baseline_points, config_from_params, get_space
@@ -64,9 +64,9 @@ def test_baselines_enqueue_exactly():
     for point in baseline_points():
         study.enqueue_trial(point)
     fn = get_space("quick")
-    # The PCA start point first (it takes seconds), then the seed baselines.
-    names = ["start:pca16", *sorted(baseline_configs(False))]
-    stated = {**SEED_BASELINES, **{f"start:{k}": v for k, v in {"pca16": PCA_REFERENCE}.items()}}
+    # The reference start points first (they take seconds), then the seed baselines.
+    names = ["start:knn5", "start:pca16", *sorted(baseline_configs(False))]
+    stated = {**SEED_BASELINES, **START_POINTS}
     for name in names:
         trial = study.ask()
         constants = fn(trial)  # before reading trial.params: the space fills them
@@ -134,7 +134,7 @@ def test_warm_start_replay_keeps_fitting_trials_and_counts_the_rest():
     space = get_space("quick")
     points = baseline_points()
     gone = {**points[0], "variant": "retired_ae"}
-    out_of_range = {**points[1], "lr": 5.0}  # points[1]: seed000, a gradient-trained variant
+    out_of_range = {**points[2], "lr": 5.0}  # points[2]: seed000 (after the two reference start points)
     trials, skipped = frozen_trials(space, [(p, 0.5) for p in points] + [(gone, 0.1), (out_of_range, 0.2)])
     assert len(trials) == len(points) and skipped == 2
     assert trials[0].params["variant"] == points[0]["variant"] and trials[0].value == 0.5

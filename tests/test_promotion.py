@@ -17,8 +17,8 @@ def test_analyze_frame_report_and_parent_artifacts(tiny_sweep):
     client = MlflowClient(tiny_sweep.uri)
     report = analyze(client, tiny_sweep.experiment)
     frame = report.frame
-    assert len(frame) == 4
-    assert set(frame["baseline"]) == {"start:pca16", "seed000", "seed001", "seed002"}
+    assert len(frame) == 5
+    assert set(frame["baseline"]) == {"start:knn5", "start:pca16", "seed000", "seed001", "seed002"}
     assert frame["best_objective"].is_monotonic_decreasing
     assert (frame["best_objective"] >= frame["final_objective"]).all()
     assert (frame["objective_lo"] <= frame["best_objective"]).all() and (frame["best_objective"] <= frame["objective_hi"]).all()

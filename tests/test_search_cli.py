@@ -66,18 +66,19 @@ def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
     assert "Leaderboard" in out and "seed000" in out and "mlflow ui --backend-store-uri" in out
     assert out.count("] ") >= 4  # one progress line per finished trial
     assert "references: pca16" in out and "val objective: best searched trial" in out
+    assert "champion (what promote ships): trial" in out
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["itest"])
     parents = runs[runs["tags.sweep"] == "parent"]
     # Trial runs carry a trial_id; promotion runs (other tests) are nested under the parent too.
     children = runs[runs["tags.trial_id"].notna()]
-    assert len(parents) == 1 and len(children) == 4
+    assert len(parents) == 1 and len(children) == 5
     assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
     assert set(runs["status"]) <= {"FINISHED", "FAILED", "KILLED"}
     assert parents["tags.dataset_hash"].iloc[0] and parents["tags.git_commit"].iloc[0]
-    # The first trials are the enqueued PCA start point and seed baselines; the references are runs too.
-    assert set(children["tags.baseline"]) == {"start:pca16", "seed000", "seed001", "seed002"}
+    # The first trials are the enqueued reference start points and seed baselines; the references are runs too.
+    assert set(children["tags.baseline"]) == {"start:knn5", "start:pca16", "seed000", "seed001", "seed002"}
     references = runs[runs["tags.reference"].notna()] if "tags.reference" in runs else runs[:0]
     assert set(references["tags.reference"]) == {"pca16", "knn5"}
     assert set(references["tags.mlflow.parentRunId"]) == {parents["run_id"].iloc[0]}
@@ -107,7 +108,7 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     trials = [r for r in client.search_runs([exp.experiment_id], "tags.trial_id != ''")]
-    assert len(trials) == 4
+    assert len(trials) == 5
     for run in trials:
         tags = run.data.tags
         assert run.info.run_name.startswith(f"{tags['baseline']}·{tags['variant']}·") if tags["baseline"] else \
@@ -120,7 +121,7 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
         assert any(k.startswith("by_score/") and k.endswith("/tpr_at_tnr") for k in keys)
         assert not any(k.startswith("tpr_at_tnr_") for k in keys)
     best_so_far = client.get_metric_history(parent.info.run_id, "best_so_far")
-    assert sorted(m.step for m in best_so_far) == [1, 2, 3, 4]
+    assert sorted(m.step for m in best_so_far) == [1, 2, 3, 4, 5]
     frame = sweep_frame(client, parent)
     top = frame["best_objective"].max()
     assert parent.data.metrics["best_objective"] == pytest.approx(top)

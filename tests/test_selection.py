@@ -89,23 +89,6 @@ def test_rung_fidelity_by_hand():
     assert math.isnan(rung_fidelity({"a": {1: 0.1, 2: 0.2}}, 2).iloc[0]["spearman_rho"])
 
 
-def test_knn_reference_matches_sklearn_neighbours(tiny_splits):
-    from sklearn.neighbors import NearestNeighbors
-
-    from anomaly_ae.references import KNN_SIZE, knn_scorer
-
-    train = torch.from_numpy(np.ascontiguousarray(tiny_splits.train))
-    queries = torch.from_numpy(np.ascontiguousarray(tiny_splits.val_spill))
-    ours = knn_scorer(train, k=3)(queries)
-
-    def features(u8):
-        x = u8.permute(0, 3, 1, 2).float() / 255.0
-        return torch.nn.functional.interpolate(x, size=KNN_SIZE, mode="area").flatten(1).numpy()
-
-    dist, _ = NearestNeighbors(n_neighbors=3).fit(features(train)).kneighbors(features(queries))
-    np.testing.assert_allclose(ours, dist.mean(1), rtol=1e-4, atol=1e-4)
-
-
 def test_references_score_on_the_sweep_splits(tiny_splits):
     from anomaly_ae.references import fit_references
 

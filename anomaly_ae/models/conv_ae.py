@@ -14,7 +14,8 @@ class SequentialAE(nn.Module):
         self.decoder = decoder
 
     def forward(self, x):
-        return Reconstruction(self.decoder(self.encoder(x)))
+        z = self.encoder(x)
+        return Reconstruction(self.decoder(z), latent=z.flatten(1))
 
 
 @register_model("conv_ae", seed="000")

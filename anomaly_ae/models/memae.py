@@ -40,8 +40,11 @@ class MemAE(nn.Module):
         self.entropy_weight = entropy_weight
 
     def forward(self, x):
-        z, entropy = self.memory(self.encoder(x))
-        return Reconstruction(self.decoder(z), aux_loss=self.entropy_weight * entropy)
+        # The latent is the encoder's code before memory addressing: the memory output is a blend of
+        # normal prototypes by construction, so its distances would hide what is new in a crop.
+        code = self.encoder(x)
+        z, entropy = self.memory(code)
+        return Reconstruction(self.decoder(z), aux_loss=self.entropy_weight * entropy, latent=code.flatten(1))
 
 
 @register_model("memae")

@@ -17,6 +17,19 @@ from anomaly_ae.models.registry import Reconstruction, register_model
 EXACT_SVD_LIMIT = 2048
 
 
+def principal_directions(centred: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k right singular vectors of centred rows (N, D), as rows (<= k, D)."""
+    k = min(k, *centred.shape)
+    if min(centred.shape) <= EXACT_SVD_LIMIT:
+        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+        return vh[:k]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)  # svd_lowrank draws a random test matrix: keep fits reproducible
+    _, _, v = torch.svd_lowrank(centred, q=min(k + 20, *centred.shape), niter=6)
+    torch.random.set_rng_state(generator_state)
+    return v.T[:k]
+
+
 class PCAAutoencoder(nn.Module):
     closed_form = True
 
@@ -32,24 +45,14 @@ class PCAAutoencoder(nn.Module):
         """Principal directions of ``x`` (N, C, H, W), in the model's input space."""
         flat = x.flatten(1).double()
         self.mean.copy_(flat.mean(0).to(self.mean.dtype))
-        centred = flat - flat.mean(0)
-        k = min(self.n_components, *centred.shape)
-        if min(centred.shape) <= EXACT_SVD_LIMIT:
-            _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-            directions = vh[:k]
-        else:
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(0)  # svd_lowrank draws a random test matrix: keep fits reproducible
-            _, _, v = torch.svd_lowrank(centred, q=min(k + 20, *centred.shape), niter=6)
-            torch.random.set_rng_state(generator_state)
-            directions = v.T[:k]
+        directions = principal_directions(flat - flat.mean(0), self.n_components)
         self.components.zero_()
-        self.components[:k] = directions.to(self.components.dtype)
+        self.components[:len(directions)] = directions.to(self.components.dtype)
         return self
 
     def forward(self, x: torch.Tensor) -> Reconstruction:
         code = (x.flatten(1) - self.mean) @ self.components.T
-        return Reconstruction((code @ self.components + self.mean).view_as(x))
+        return Reconstruction((code @ self.components + self.mean).view_as(x), latent=code)
 
 
 @register_model("pca_ae", seed="classical", fixed_output="identity", closed_form=True)

@@ -16,6 +16,10 @@ class Reconstruction(NamedTuple):
     logvar: torch.Tensor | None = None
     # Variant-specific regulariser already weighted (MemAE's attention entropy); 0 if none.
     aux_loss: torch.Tensor | float = 0.0
+    # The code the decoder starts from, one row per crop: what the latent-distance score compares.
+    latent: torch.Tensor | None = None
+    # A distance detector's k nearest bank distances per crop, ascending (B, k).
+    distances: torch.Tensor | None = None
 
 
 class ModelSpec(NamedTuple):
@@ -26,18 +30,26 @@ class ModelSpec(NamedTuple):
     params: dict  # tunable builder parameters and their defaults
     fixed_output: str | None  # output activation of a builder that takes no out_activation
     closed_form: bool = False  # fitted by model.fit(inputs) in one pass, not by gradient steps
+    # Scores its forward pass adds to the residual ones, e.g. ("knn_mean", "knn_kth") from distances.
+    extra_scores: tuple[str, ...] = ()
+    choices: dict | None = None  # allowed values of string parameters
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Scores from the distance of a crop's latent to the train latents (anomaly_ae.latent_bank).
+LATENT_SCORES = ("latent_knn", "latent_hybrid")
 _SHAPE_ARGS = ("in_channels", "height", "width")
 
 
 def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None,
-                   closed_form: bool = False):
+                   closed_form: bool = False, extra_scores: tuple[str, ...] = LATENT_SCORES,
+                   choices: dict | None = None):
     """Decorator: add a builder ``fn(in_channels, height, width, **params) -> nn.Module``.
 
     A builder without an ``out_activation`` parameter declares its fixed one in
-    ``fixed_output``, so configs can be checked against the normalisation.
+    ``fixed_output``, so configs can be checked against the normalisation. ``extra_scores`` are the
+    scores beyond the residual ones: by default the latent-distance pair, which needs ``latent`` in
+    the forward's output. ``choices`` names the allowed values of string parameters.
     """
 
     def decorator(fn):
@@ -54,7 +66,11 @@ def register_model(name: str, *, seed: str = "beyond", variational: bool = False
         }
         if "out_activation" not in params and fixed_output is None:
             raise TypeError(f"builder for {name!r} must take out_activation or declare fixed_output")
-        _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output, closed_form)
+        for param, allowed in (choices or {}).items():
+            if params.get(param) not in allowed:
+                raise TypeError(f"builder for {name!r}: default of {param!r} is not among its choices {allowed}")
+        _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output, closed_form,
+                                    tuple(extra_scores), dict(choices or {}))
         return fn
 
     return decorator

@@ -35,11 +35,12 @@ class UNet(nn.Module):
         for down in self.down:
             feats.append(down(self.pool(feats[-1])))
         h = feats.pop()
+        latent = h.flatten(1)
         for up, dec in zip(self.up, self.dec):
             h = up(h)
             skip = feats.pop()
             h = dec(torch.cat([h, skip], 1) if self.skips else h)
-        return Reconstruction(self.head(h))
+        return Reconstruction(self.head(h), latent=latent)
 
 
 @register_model("unet_ae", seed="004")

@@ -24,7 +24,7 @@ class VAE(nn.Module):
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
         logvar = logvar.clamp(-10, 10)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        return Reconstruction(self.decoder(z), mu=mu, logvar=logvar)
+        return Reconstruction(self.decoder(z), mu=mu, logvar=logvar, latent=mu)
 
 
 @register_model("linear_vae", seed="003", variational=True)
