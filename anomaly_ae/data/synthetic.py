@@ -17,6 +17,7 @@ because the real test set was shot under different conditions from train.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -155,20 +156,33 @@ def _save(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, quality=92)
 
 
-def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False) -> dict:
-    """Write the proliv layout under ``out``; counts are the real ones times ``scale``."""
+@contextlib.contextmanager
+def dataset_folder(out, overwrite: bool = False, subfolders=("train", "proliv", "test/imgs", "site")):
+    """A sibling temp folder with the layout's subfolders, renamed to ``out`` when the block ends
+    without an error: never a half-written dataset."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for sub in subfolders:
+            (tmp / sub).mkdir(parents=True)
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False) -> dict:
+    """Write the proliv layout under ``out``; counts are the real ones times ``scale``."""
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     counts = {k: max(2, int(round(v * scale))) for k, v in COUNTS.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temp folder and rename at the end: no half-written dataset.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for sub in ("train", "proliv", "test/imgs", "site"):
-            (tmp / sub).mkdir(parents=True)
+    with dataset_folder(out, overwrite) as tmp:
         root_seq = np.random.SeedSequence(seed)
         train_seq, proliv_seq, test_seq, order_seq = root_seq.spawn(4)
         # Spawned after the others, so train/proliv/test are the crops they were before site/ existed.
@@ -191,11 +205,5 @@ def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False
         for i, (child, spill) in enumerate(zip(site_children, site_spill)):
             # No label is written: a site pool is unlabelled by definition.
             _save(render_crop(np.random.default_rng(child), bool(spill), TEST_CONDITIONS), tmp / "site" / f"{i:05d}.jpg")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"train": counts["train"], "proliv": counts["proliv"],
             "test": int(labels.size), "test_spills": int(labels.sum()), "site": n_site}
