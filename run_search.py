@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how the threshold is fixed on validation (default tnr_target: the sweep's objective, "
                               "TNR >= target on validation normals); the trial's own policy is shown beside it")
     promote.add_argument("--no-references", action="store_true", help="leave the PCA/kNN references out of the table")
+    promote.add_argument("--ensemble", type=positive_int, default=0, metavar="K",
+                         help="register the K best trials as one detector (rank-averaged scores), shown beside the "
+                              "single champion")
+    promote.add_argument("--ensemble-distinct", action="store_true",
+                         help="with --ensemble: the best trial of each of K distinct variants")
     promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
     promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
@@ -237,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers of the seed pipeline (default 0)")
     thr.add_argument("--sweep-samples", type=positive_int, default=16,
                      help="trials of each short GPU sweep (fractional packing; CUDA only; default 16)")
+    knn = sub.add_parser("benchmark-knn", help="the knn variant's bank: memory, fit and query time by train size",
+                         description="Fit the knn variant (knn5's settings, and with a 64-dim PCA projection) on "
+                                     "random crops at each train size; print the bank's MB, the fit's seconds and the "
+                                     "seconds to score the queries by exact search, with ratios to the smallest size.")
+    knn.add_argument("--sizes", type=positive_int, nargs="+", default=[10_000, 100_000], help="default 10000 100000")
+    knn.add_argument("--queries", type=positive_int, default=1000, help="crops scored per size (default 1000)")
+    knn.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
                              description="Score every crop in a folder; writes name, score, label (1 = spill).")
     add_store_args(predict, experiment_required=False)
@@ -600,19 +612,23 @@ def cmd_promote(args) -> int:
 
     from analysis.promote import PromotionRefused, format_comparison, promote
 
+    if args.ensemble_distinct and not args.ensemble:
+        print("--ensemble-distinct needs --ensemble K", file=sys.stderr)
+        return 2
     try:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
                          args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
                          site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
-                         site_known_spills=args.site_known_spills)
+                         site_known_spills=args.site_known_spills, ensemble=args.ensemble,
+                         ensemble_distinct=args.ensemble_distinct)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
     from analysis.promote import operating_line
 
     p = result.promoted
-    print(f"promoted trial {p.trial_id} ({p.cfg['variant']}, score {p.cfg['score']}); test figures beside the "
+    print(f"promoted trial {p.trial_id} ({p.variant}, score {p.score}); test figures beside the "
           f"sweep's seed baselines and the reference detectors: test_* at the threshold fixed on validation with "
           f"{args.threshold_policy}, site_* at the threshold the site rule fixes on the site pool (own_*: at each "
           f"one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold fixed on test itself would give at the "
@@ -712,6 +728,16 @@ def cmd_benchmark_search(args) -> int:
     return print_benchmark(benchmark_search(args), summary_lines)
 
 
+def cmd_benchmark_knn(args) -> int:
+    from analysis.benchmark_knn import benchmark_knn
+
+    table = benchmark_knn(args.sizes, args.queries)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.out is not None:
+        table.to_csv(args.out, index=False)
+    return 0
+
+
 def cmd_benchmark(args) -> int:
     from anomaly_ae.models import list_models, model_spec
 
@@ -788,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd_list_models,
             "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
-            "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark}
+            "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn}
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ class Candidate:
     def cfg(self) -> dict:
         return self.payload["config"]
 
+    @property
+    def members(self) -> list[dict]:
+        """An ensemble's member payloads, best first; empty for a single trial."""
+        return self.payload.get("members", []) if self.payload else []
+
 
 def champion_rank(report: dict, tnr_target: float) -> tuple:
     """Order of test figures: meeting the TNR target first, then TPR; otherwise Youden's J."""
@@ -121,6 +126,43 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=
     return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
 
 
+def ensemble_members(frame: pd.DataFrame, k: int, distinct: bool = False) -> pd.DataFrame:
+    """The k best finished trials of a ranked sweep frame (with ``distinct``, the best of k variants)."""
+    ok = frame[frame["best_objective"].notna() & (frame["status"] != "DIVERGED")]
+    if distinct:
+        ok = ok.drop_duplicates("variant")
+    if len(ok) < k:
+        raise SweepNotFound(f"--ensemble {k}: the sweep has only {len(ok)} finished "
+                            f"{'variants' if distinct else 'trials'} to combine")
+    return ok.head(k)
+
+
+def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy: str, objective: str) -> Candidate:
+    """The members as one detector: rank-averaged scores, thresholded like a single score, and judged
+    on validation by the sweep's objective like a trial."""
+    from anomaly_ae.ensemble import Ensemble, val_scores_of
+    from anomaly_ae.selection import score_objective
+    from anomaly_ae.training import SiteInput, score_summary, site_metrics
+
+    tnr = payloads[0]["config"]["tnr_target"]
+    ensemble = Ensemble(payloads)
+    val = val_scores_of(payloads)
+    metrics, site = score_summary(val["normal"], val["spill"], tnr), None
+    if splits.site is not None:
+        site_scores = ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.site.images)))
+        site = site_calibration(site_scores, tnr, splits.site)
+        metrics.update(site_metrics(site_scores, val["spill"], tnr, SiteInput.of(splits.site)))
+    report = report_at_policies(val["normal"], val["spill"],
+                                ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.test))),
+                                splits.test_labels, (policy,), tnr, site)
+    payload = {"config": {**payloads[0]["config"], "score": "ensemble", "threshold_policy": policy},
+               "val_scores": {split: {"ensemble": v} for split, v in val.items()}, "members": payloads}
+    return Candidate(f"promoted (ensemble of {len(payloads)})", "+".join(rows["trial_id"]), ",".join(rows["run_id"]),
+                     payload, report, own_policy=policy, variant="+".join(rows["variant"]), score="ensemble",
+                     # worst_of_shift needs perturbed crops no ensemble is scored on: no figure then.
+                     val_objective=math.nan if objective == "worst_of_shift" else score_objective(metrics, objective))
+
+
 def _ci(interval) -> str:
     return f"{interval[0]:.3f}-{interval[1]:.3f}"
 
@@ -149,7 +191,7 @@ def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
 
 
 def best_config(cfg: dict) -> dict:
-    """The promoted config as `search --config` reads it."""
+    """The promoted config as `search --config` reads it (an ensemble's: its lead member's)."""
     return {k: v for k, v in sorted(cfg.items()) if k not in NOT_REPRODUCED}
 
 
@@ -204,7 +246,7 @@ def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -
     from analysis.report import markdown_table
 
     r = promoted.report
-    lines = [f"Promoted from sweep `{experiment}`, trial `{promoted.trial_id}` ({promoted.cfg['variant']}, "
+    lines = [f"Promoted from sweep `{experiment}`, trial `{promoted.trial_id}` ({promoted.variant}, "
              f"score {promoted.cfg['score']}).",
              f"Test at the threshold {r['threshold']:.6g} fixed on validation normals ({r['policy']}): "
              f"{operating_line(r)}, AUROC {r['auroc']:.4f}."]
@@ -229,6 +271,9 @@ def detector_spec(promoted: Candidate, decode_size: tuple[int, int]) -> dict:
     r = promoted.report
     spec = {"score": promoted.cfg["score"], "tnr_target": promoted.cfg["tnr_target"],
             "decode_size": list(decode_size)}
+    if promoted.members:
+        spec["members"] = [{"trial_id": t, "variant": m["config"]["variant"], "score": m["config"]["score"]}
+                           for t, m in zip(promoted.trial_id.split("+"), promoted.members)]
     if "site" in r:
         cal = r["site"]["calibration"]
         return {**spec, "threshold": r["site"]["threshold"], "policy": "site",
@@ -251,7 +296,12 @@ def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: s
     pool = {k: v for k, v in spec["calibration"].items() if k.startswith("site_")}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        save_checkpoint(folder / MODEL_FILE, promoted.payload, with_optimizer=False)
+        if promoted.members:  # one checkpoint per member, loaded by serving.ProlivDetector in order
+            weights = {}
+            for i, member in enumerate(promoted.members):
+                weights[f"member{i}"] = str(save_checkpoint(folder / f"member{i}.pt", member, with_optimizer=False))
+        else:
+            weights = {"checkpoint": str(save_checkpoint(folder / MODEL_FILE, promoted.payload, with_optimizer=False))}
         (folder / DETECTOR_FILE).write_text(json.dumps(spec, indent=2))
         (folder / "test_report.md").write_text(markdown)
         return register_detector(
@@ -262,7 +312,7 @@ def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: s
                      "val_threshold_test_tpr": promoted.report["tpr"],
                      "val_threshold_test_tnr": promoted.report["tnr"]},
             files=[folder / "test_report.md", Path(config_path)], decode_size=tuple(decode_size),
-            model_artifacts={"checkpoint": str(folder / MODEL_FILE), "detector": str(folder / DETECTOR_FILE)},
+            model_artifacts={**weights, "detector": str(folder / DETECTOR_FILE)},
             model_name=model_name, description=markdown, alias=CHAMPION, version_tags={
                 "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "dataset_hash": dataset_hash,
                 "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}",
@@ -295,10 +345,13 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
-            site_delta: float | None = None, site_known_spills: Path | None = None, log=print) -> Promotion:
+            site_delta: float | None = None, site_known_spills: Path | None = None, ensemble: int = 0,
+            ensemble_distinct: bool = False, log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
     TNR >= target on validation normals) and at the site threshold when there is a site pool (the
-    sweep's, or ``site_dir``), beside the baselines and references; register it."""
+    sweep's, or ``site_dir``), beside the baselines and references; register it. With ``ensemble`` K,
+    the K best trials (of K variants with ``ensemble_distinct``) are combined and registered as one
+    detector, printed beside the single champion."""
     parent = find_parent_run(client, experiment, parent_run_id)
     frame = sweep_frame(client, parent)
     if trial is not None:
@@ -322,6 +375,9 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
 
     with tempfile.TemporaryDirectory() as tmp:
         payload = download_checkpoint(client, row["run_id"], Path(tmp))
+        members = ensemble_members(frame, ensemble, ensemble_distinct) if ensemble else frame[:0]
+        member_payloads = [download_checkpoint(client, m["run_id"], Path(tmp) / f"member-{m['run_id']}")
+                           for _, m in members.iterrows()]
         compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
         baselines = []
         for _, b in compared.iterrows():
@@ -353,12 +409,20 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     if references:
         refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],
                                     parent.data.tags.get("objective", "clean"))
-    table = comparison_table([promoted, *sorted(baselines, key=lambda c: c.name), *refs])
+    single = []
+    if ensemble:
+        log(f"combining the {ensemble} best {'variants' if ensemble_distinct else 'trials'}: "
+            + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
+        single = [promoted]
+        promoted.name = "single champion"
+        promoted = ensemble_candidate(member_payloads, members, splits, threshold_policy,
+                                      parent.data.tags.get("objective", "clean"))
+    table = comparison_table([promoted, *single, *sorted(baselines, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
     reason = champion_check(client, model_name, report, data.labelled_hash, promoted.cfg["tnr_target"])
     if reason and not force:
         raise PromotionRefused(reason)
-    config_path = write_best_config(promoted.cfg, config_out)
+    config_path = write_best_config(promoted.members[0]["config"] if promoted.members else promoted.cfg, config_out)
     version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
                        config_path)
     review = None

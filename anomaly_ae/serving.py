@@ -2,7 +2,7 @@
 
 The registered model is logged as code (``detector_model.py``); its artifacts are the trial's
 ``model.pt`` (weights, config, preprocessing, validation score distributions; tensors and plain
-types only) and ``detector.json`` (the score type, the threshold, the decode size, and the
+types only), or one ``memberN.pt`` per member of an ensemble (``anomaly_ae.ensemble``), and ``detector.json`` (the score type, the threshold, the decode size, and the
 calibration scores the threshold was fixed on: the site pool's, or the validation normals'). ``predict``
 takes uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
 """
@@ -24,11 +24,20 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         from anomaly_ae.checkpoints import load_checkpoint
         from anomaly_ae.training import load_trained
 
-        payload = load_checkpoint(context.artifacts["checkpoint"])
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
-        self.cfg = payload["config"]
-        self.val_scores = payload["val_scores"]
-        self.state = load_trained(payload)
+        members = sorted((k for k in context.artifacts if k.startswith("member")), key=lambda k: int(k[6:]))
+        self.ensemble = None
+        if members:
+            from anomaly_ae.ensemble import Ensemble, val_scores_of
+
+            payloads = [load_checkpoint(context.artifacts[k]) for k in members]
+            self.ensemble = Ensemble(payloads)
+            self.val_scores = {split: {"ensemble": v} for split, v in val_scores_of(payloads).items()}
+        else:
+            payload = load_checkpoint(context.artifacts["checkpoint"])
+            self.cfg = payload["config"]
+            self.val_scores = payload["val_scores"]
+            self.state = load_trained(payload)
         # Detectors registered before site calibration were fixed on validation normals.
         self.detector.setdefault("calibration", {
             "source": "validation", "scores": self.val_scores["normal"][self.detector["score"]].tolist()})
@@ -58,7 +67,10 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 crops shaped (N, H, W, 3), got {images.shape}")
-        scores, _ = score_images(self.state, self.cfg, torch.from_numpy(np.ascontiguousarray(images)))
+        images = torch.from_numpy(np.ascontiguousarray(images))
+        if self.ensemble is not None:
+            return self.ensemble.score(images)
+        scores, _ = score_images(self.state, self.cfg, images)
         return scores[self.detector["score"]]
 
     def drift(self, scores: np.ndarray, max_spill_fraction: float | None = None, level: float | None = None) -> dict:

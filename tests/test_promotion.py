@@ -1,4 +1,5 @@
 """analyze, promote and predict on a real tiny sweep with a real MLflow store."""
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -140,6 +141,39 @@ def test_promote_retrain_reports_spread(tiny_sweep, tmp_path):
     assert 0 <= spread["test_tpr_std"] <= 0.5
     assert result.promoted.cfg["steps_per_epoch"] == result.promoted.cfg["samples_per_epoch"] == 0
     assert best_config(result.promoted.cfg)["seed"] == spread["chosen_seed"]
+
+
+def _served_scores(tiny_sweep, tmp_path, model_name: str) -> tuple[pd.DataFrame, float]:
+    csv = tmp_path / f"{model_name}.csv"
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", model_name,
+                            "--images", str(tiny_sweep.data / "test" / "imgs"), "--out", str(csv)]) == 0
+    version = MlflowClient(tiny_sweep.uri).get_model_version_by_alias(model_name, "champion")
+    return pd.read_csv(csv), float(version.tags["threshold"])
+
+
+def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep, tmp_path, capsys):
+    common = ["--experiment", tiny_sweep.experiment, "--tracking-uri", tiny_sweep.uri, "--force"]
+    # The knn5 reference's start point, by its name: its bank ships inside the registered model.
+    assert run_search.main(["promote", *common, "--trial", "start:knn5", "--model-name", "itest-knn",
+                            "--config-out", str(tmp_path / "knn.yaml")]) == 0
+    assert "promoted trial" in capsys.readouterr().out
+    scores, threshold = _served_scores(tiny_sweep, tmp_path, "itest-knn")
+    assert np.isfinite(scores["score"]).all() and (scores["score"] >= 0).all()
+    assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
+    assert yaml.safe_load((tmp_path / "knn.yaml").read_text())["variant"] == "knn"
+
+    # The two best trials as one detector, printed beside the single champion.
+    assert run_search.main(["promote", *common, "--ensemble", "2", "--model-name", "itest-ens",
+                            "--config-out", str(tmp_path / "ens.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "promoted (ensemble of 2)" in out and "single champion" in out and "ref:knn5" in out
+    version = MlflowClient(tiny_sweep.uri).get_model_version_by_alias("itest-ens", "champion")
+    assert version.tags["score"] == "ensemble" and version.tags["trial_id"].count("+") == 1
+    scores, threshold = _served_scores(tiny_sweep, tmp_path, "itest-ens")
+    # Rank averages on the members' own validation normals: every served score lies in [0, 1].
+    assert scores["score"].between(0, 1).all() and scores["score"].nunique() > 1
+    assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
+    assert run_search.main(["promote", *common, "--ensemble-distinct"]) == 2
 
 
 def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):
