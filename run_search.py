@@ -574,7 +574,7 @@ def cmd_search(args) -> int:
               f"  {resume_command(args, experiment)}", flush=True)
         return 130
 
-    from analysis.leaderboard import format_leaderboard, leaderboard_rows, results_frame, search_verdict, summary_metrics
+    from analysis.leaderboard import format_leaderboard, leaderboard_rows, results_frame, latent_cost_line, search_verdict, summary_metrics
     from analysis.sweep_runs import reference_frame
     frame = results_frame(results)
     references = reference_frame(sweep.client, sweep.client.get_run(sweep.run_id))
@@ -584,6 +584,8 @@ def cmd_search(args) -> int:
     print()
     print(format_leaderboard(frame, references=references))
     print(search_verdict(frame, references))
+    if latent_cost_line(frame):
+        print(latent_cost_line(frame))
     print(f"\nMLflow experiment {experiment!r}, parent run {sweep.run_id}")
     # This sweep's runs, best objective first, with the telling columns (a view kept in the experiment).
     runs_page = sweep.runs_page

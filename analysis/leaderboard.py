@@ -101,6 +101,15 @@ def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) 
     return "val objective: " + ", ".join(parts) + f" -> {verdict}" + champion_line(frame, references)
 
 
+def latent_cost_line(frame: pd.DataFrame) -> str:
+    """The latent-distance scores' extra cost per trial that has them, against the trials' wall time."""
+    has = frame[frame["latent_s"].notna() & (frame["latent_s"] > 0)] if "latent_s" in frame else frame[:0]
+    if has.empty:
+        return ""
+    return (f"latent-distance scores: {has['latent_s'].mean():.2f}s per trial on average over {len(has)} trials "
+            f"({has['latent_s'].sum() / has['wall_s'].sum():.1%} of their wall time)")
+
+
 def champion_line(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
     """What promote ships by default, whatever kind of trial it is; a reference that scores above it
     on validation is named with the command that ships its start point."""

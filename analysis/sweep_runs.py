@@ -104,6 +104,7 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             "epochs": int(run_metric(run, "epoch", 0)),
             "status": "DIVERGED" if run_metric(run, "diverged", 0) else run.info.status,
             "wall_s": (end - run.info.start_time) / 1000.0,
+            "latent_s": run_metric(run, "latent_seconds"),
             "start_time": run.info.start_time,
             "search_params": json.loads(run.data.tags.get("search_params", "{}")),
             "history": {int(m.step): m.value for m in history},

@@ -67,6 +67,7 @@ def test_real_sweep_ray_optuna_asha_mlflow(tiny_sweep):
     assert out.count("] ") >= 4  # one progress line per finished trial
     assert "references: pca16" in out and "val objective: best searched trial" in out
     assert "champion (what promote ships): trial" in out
+    assert "latent-distance scores: " in out and "of their wall time" in out
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["itest"])

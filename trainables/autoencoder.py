@@ -188,6 +188,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
         verdict = judge(metrics, val_scores, cfg)
         report = epoch_report(epoch, train_loss, metrics, verdict, time.perf_counter() - tick)
         report["node_id"] = node_id
+        report["latent_seconds"] = state.latent_seconds  # the latent-distance scores' cost so far
         if dev.type == "cuda":
             report["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         report["baseline"] = cfg["baseline"] or ""
