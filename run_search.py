@@ -51,18 +51,20 @@ class UsageError(ValueError):
     """Bad command-line input, found before Ray starts."""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def at_least(cast, lo, name: str):
+    """An argparse type: ``cast(text)``, refused below ``lo``."""
+    def parse(text: str):
+        value = cast(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = at_least(int, 1, "positive_int")
+non_negative_int = at_least(int, 0, "non_negative_int")
+non_negative_float = at_least(float, 0, "non_negative_float")
 
 
 def add_search_args(p: argparse.ArgumentParser) -> None:
@@ -194,11 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how the threshold is fixed on validation (default tnr_target: the sweep's objective, "
                               "TNR >= target on validation normals); the trial's own policy is shown beside it")
     promote.add_argument("--no-references", action="store_true", help="leave the PCA/kNN references out of the table")
-    promote.add_argument("--ensemble", type=positive_int, default=0, metavar="K",
-                         help="register the K best trials as one detector (rank-averaged scores), shown beside the "
-                              "single champion")
+    promote.add_argument("--ensemble", type=non_negative_int, default=3, metavar="K",
+                         help="also combine the K best trials into one detector (rank-averaged scores), shown beside "
+                              "the single champion (default 3; 0: none)")
     promote.add_argument("--ensemble-distinct", action="store_true",
-                         help="with --ensemble: the best trial of each of K distinct variants")
+                         help="the ensemble takes the best trial of each of K distinct variants")
+    promote.add_argument("--ship", choices=["auto", "single", "ensemble"], default="auto",
+                         help="what is registered: auto (default) ships the ensemble only when its validation "
+                              "objective is above the single champion's; a --trial or --retrain ships that trial")
     promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
     promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
@@ -614,8 +619,8 @@ def cmd_promote(args) -> int:
 
     from analysis.promote import PromotionRefused, format_comparison, promote
 
-    if args.ensemble_distinct and not args.ensemble:
-        print("--ensemble-distinct needs --ensemble K", file=sys.stderr)
+    if (args.ensemble_distinct or args.ship == "ensemble") and not args.ensemble:
+        print("--ensemble-distinct and --ship ensemble need --ensemble K > 0", file=sys.stderr)
         return 2
     try:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
@@ -623,7 +628,7 @@ def cmd_promote(args) -> int:
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
                          site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
                          site_known_spills=args.site_known_spills, ensemble=args.ensemble,
-                         ensemble_distinct=args.ensemble_distinct)
+                         ensemble_distinct=args.ensemble_distinct, ship=args.ship)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3

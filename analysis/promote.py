@@ -25,6 +25,10 @@ from anomaly_ae.evaluation import operating_report, report_at_policies, site_cal
 from anomaly_ae.training import checkpoint_payload, load_trained, train_and_validate
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
+# promote combines this many of the best trials and ships the ensemble when validation prefers it:
+# measured on the digits set and the default dataset (README, "Distance detectors and the ensemble").
+DEFAULT_ENSEMBLE = 3
+SHIP_CHOICES = ("auto", "single", "ensemble")
 CHAMPION = "champion"
 # Keys kept out of best_config.yaml: they describe where a config came from, not what it is.
 NOT_REPRODUCED = ("baseline",)
@@ -124,6 +128,18 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=
         spread[f"{key}_mean"], spread[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
     best_payload, best_test = max(runs, key=lambda r: r[0]["report"]["objective"])
     return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
+
+
+def choose_shipped(single: Candidate, ensemble: Candidate | None, ship: str = "auto") -> Candidate:
+    """auto: the ensemble only when its validation objective is above the single champion's (a tie
+    ships the single trial: one model is simpler to run and to explain); or as ``ship`` says."""
+    if ship not in SHIP_CHOICES:
+        raise ValueError(f"ship: {ship!r} is not one of {list(SHIP_CHOICES)}")
+    if ensemble is None or ship == "single":
+        return single
+    if ship == "ensemble":
+        return ensemble
+    return ensemble if ensemble.val_objective > single.val_objective else single
 
 
 def ensemble_members(frame: pd.DataFrame, k: int, distinct: bool = False) -> pd.DataFrame:
@@ -345,13 +361,15 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
-            site_delta: float | None = None, site_known_spills: Path | None = None, ensemble: int = 0,
-            ensemble_distinct: bool = False, log=print) -> Promotion:
+            site_delta: float | None = None, site_known_spills: Path | None = None,
+            ensemble: int = DEFAULT_ENSEMBLE, ensemble_distinct: bool = False, ship: str = "auto",
+            log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
     TNR >= target on validation normals) and at the site threshold when there is a site pool (the
-    sweep's, or ``site_dir``), beside the baselines and references; register it. With ``ensemble`` K,
-    the K best trials (of K variants with ``ensemble_distinct``) are combined and registered as one
-    detector, printed beside the single champion."""
+    sweep's, or ``site_dir``), beside the baselines and references; register it.
+
+    The K = ``ensemble`` best trials (of K variants with ``ensemble_distinct``) are also combined into one
+    detector; ``ship`` says which is registered (``choose_shipped``). 0 builds no ensemble."""
     parent = find_parent_run(client, experiment, parent_run_id)
     frame = sweep_frame(client, parent)
     if trial is not None:
@@ -375,7 +393,15 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
 
     with tempfile.TemporaryDirectory() as tmp:
         payload = download_checkpoint(client, row["run_id"], Path(tmp))
-        members = ensemble_members(frame, ensemble, ensemble_distinct) if ensemble else frame[:0]
+        members = frame[:0]
+        # An ensemble is the sweep's top K: it competes with the best trial, not with a chosen one.
+        if ensemble and (ship == "ensemble" or (ship == "auto" and trial is None and not retrain_seeds)):
+            try:
+                members = ensemble_members(frame, ensemble, ensemble_distinct)
+            except SweepNotFound as exc:
+                if ship == "ensemble":
+                    raise
+                log(f"no ensemble: {exc}")
         member_payloads = [download_checkpoint(client, m["run_id"], Path(tmp) / f"member-{m['run_id']}")
                            for _, m in members.iterrows()]
         compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
@@ -409,17 +435,22 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     if references:
         refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],
                                     parent.data.tags.get("objective", "clean"))
-    single = []
-    if ensemble:
-        log(f"combining the {ensemble} best {'variants' if ensemble_distinct else 'trials'}: "
+    other = []
+    if len(members):
+        log(f"combining the {len(members)} best {'variants' if ensemble_distinct else 'trials'}: "
             + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
-        single = [promoted]
-        promoted.name = "single champion"
-        promoted = ensemble_candidate(member_payloads, members, splits, threshold_policy,
+        combined = ensemble_candidate(member_payloads, members, splits, threshold_policy,
                                       parent.data.tags.get("objective", "clean"))
-    table = comparison_table([promoted, *single, *sorted(baselines, key=lambda c: c.name), *refs])
+        shipped = choose_shipped(promoted, combined, ship)
+        other = [combined if shipped is promoted else promoted]
+        other[0].name = "single champion" if shipped is combined else f"ensemble of {len(members)} (not shipped)"
+        if shipped is promoted:
+            log(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
+                f"champion's {promoted.val_objective:.4f}: the single champion ships")
+        promoted = shipped
+    table = comparison_table([promoted, *other, *sorted(baselines, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
-    reason = champion_check(client, model_name, report, data.labelled_hash, promoted.cfg["tnr_target"])
+    reason = champion_check(client, model_name, promoted.report, data.labelled_hash, promoted.cfg["tnr_target"])
     if reason and not force:
         raise PromotionRefused(reason)
     config_path = write_best_config(promoted.members[0]["config"] if promoted.members else promoted.cfg, config_out)

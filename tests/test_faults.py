@@ -84,7 +84,8 @@ def test_predict_refuses_a_tampered_registered_model(tiny_sweep, tmp_path, capsy
     # The stored copy that predict will load (a local store: a file:// location).
     location = Path(urllib.parse.urlparse(client.get_model_version_download_uri("tamper-test", version.version)).path)
     assert not list(location.rglob("*.pkl"))  # logged as code: nothing pickled
-    stored = next(location.rglob(MODEL_FILE))
+    # The single trial's model.pt, or an ensemble's first member (promote ships whichever validation prefers).
+    stored = next(p for p in location.rglob("*.pt") if p.name in (MODEL_FILE, "member0.pt"))
     marker = tmp_path / "pwned"
     tamper(stored, marker)
     images = tmp_path / "imgs"

@@ -162,8 +162,8 @@ def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep,
     assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
     assert yaml.safe_load((tmp_path / "knn.yaml").read_text())["variant"] == "knn"
 
-    # The two best trials as one detector, printed beside the single champion.
-    assert run_search.main(["promote", *common, "--ensemble", "2", "--model-name", "itest-ens",
+    # The two best trials as one detector, shipped on request and printed beside the single champion.
+    assert run_search.main(["promote", *common, "--ensemble", "2", "--ship", "ensemble", "--model-name", "itest-ens",
                             "--config-out", str(tmp_path / "ens.yaml")]) == 0
     out = capsys.readouterr().out
     assert "promoted (ensemble of 2)" in out and "single champion" in out and "ref:knn5" in out
@@ -173,7 +173,21 @@ def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep,
     # Rank averages on the members' own validation normals: every served score lies in [0, 1].
     assert scores["score"].between(0, 1).all() and scores["score"].nunique() > 1
     assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
-    assert run_search.main(["promote", *common, "--ensemble-distinct"]) == 2
+    assert run_search.main(["promote", *common, "--ensemble", "0", "--ensemble-distinct"]) == 2
+
+
+def test_promote_ships_the_ensemble_only_when_validation_prefers_it():
+    from analysis.promote import Candidate, choose_shipped
+
+    single = Candidate("promoted", "a", "r1", None, {}, val_objective=0.90)
+    tied = Candidate("ensemble", "a+b", "r1,r2", None, {}, val_objective=0.90)
+    better = Candidate("ensemble", "a+b", "r1,r2", None, {}, val_objective=0.92)
+    assert choose_shipped(single, None) is single
+    assert choose_shipped(single, tied) is single  # a tie ships the single trial
+    assert choose_shipped(single, better) is better
+    assert choose_shipped(single, better, "single") is single and choose_shipped(single, tied, "ensemble") is tied
+    with pytest.raises(ValueError, match="ship: 'both'"):
+        choose_shipped(single, better, "both")
 
 
 def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):
