@@ -35,6 +35,7 @@ def results_frame(results) -> pd.DataFrame:
                                    cfg["objective"]),
             "val_auroc": last.get("val_auroc", math.nan), "epochs": last.get("epoch", 0),
             "status": "ERROR" if result.error else ("DIVERGED" if last.get("diverged") else "OK"),
+            "wall_s": float(last.get("time_total_s", math.nan)), "latent_s": float(last.get("latent_seconds", math.nan)),
         })
     return rank_trials(pd.DataFrame(rows))
 

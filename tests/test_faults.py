@@ -101,6 +101,8 @@ def test_predict_refuses_a_tampered_registered_model(tiny_sweep, tmp_path, capsy
 
 # ------------------------------------------------------------------ concurrent writers
 
+# slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)
+@pytest.mark.slow
 def test_eight_concurrent_trials_on_the_sqlite_store(tiny_data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [*tiny_sweep_args(tiny_data_dir, "concurrent", uri, tmp_path / "ray", samples=8, epochs=2,
@@ -121,6 +123,8 @@ def test_eight_concurrent_trials_on_the_sqlite_store(tiny_data_dir, tmp_path):
 
 # ------------------------------------------------------------------ an authenticated server
 
+# slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)
+@pytest.mark.slow
 def test_basic_auth_server_refuses_anonymous_clients_and_accepts_a_sweep(tiny_data_dir, tmp_path):
     from mlflow.exceptions import MlflowException
 

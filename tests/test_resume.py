@@ -10,7 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.integration
+# slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
