@@ -15,8 +15,6 @@ from anomaly_ae.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
 from anomaly_ae.thresholds import THRESHOLD_POLICIES
 
-# Scores that only some variants' forward passes give (ModelSpec.extra_scores).
-EXTRA_SCORES = ("knn_mean", "knn_kth", "latent_knn", "latent_hybrid")
 NORMALISATIONS = ("none", "dataset", "minus_one_one", "per_crop")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 # The output activation each normalisation implies, unless the config sets one.
@@ -172,7 +170,7 @@ def validate_config(raw: dict) -> dict:
             if param not in spec.params:
                 raise ConfigError(f"{key}: {variant!r} has no parameter {param!r}; "
                                   f"it accepts: {', '.join(sorted(spec.params))}")
-            cfg[key] = _check_model_param(key, value, spec.params[param], (spec.choices or {}).get(param))
+            cfg[key] = _check_model_param(key, value, spec.params[param], spec.choices.get(param))
         else:
             valid = sorted(SCHEMA) + sorted(SCORE_PARAM_RANGES) + [f"{variant}.{p}" for p in sorted(spec.params)]
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
@@ -187,8 +185,9 @@ def validate_config(raw: dict) -> dict:
         )
     if cfg["score"] == "elbo" and not spec.variational:
         raise ConfigError(f"score: 'elbo' needs a variational variant, and {variant!r} is not one")
-    if cfg["score"] in EXTRA_SCORES and cfg["score"] not in spec.extra_scores:
-        givers = [m for m in list_models() if cfg["score"] in model_spec(m).extra_scores]
+    # A score only some variants' forward passes give (ModelSpec.extra_scores) needs one of them.
+    givers = [m for m in list_models() if cfg["score"] in model_spec(m).extra_scores]
+    if givers and cfg["score"] not in spec.extra_scores:
         raise ConfigError(f"score: {cfg['score']!r} comes from {', '.join(givers)}, and {variant!r} does not give it")
     if cfg["score"] == "perceptual" or cfg["loss"] == "mse_perceptual":
         from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights

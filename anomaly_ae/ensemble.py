@@ -39,8 +39,7 @@ class Ensemble:
 
         self.configs = [p["config"] for p in payloads]
         self.states = [load_trained(p, device) for p in payloads]
-        self.normals = [np.asarray(p["val_scores"]["normal"][cfg["score"]], dtype=float)
-                        for p, cfg in zip(payloads, self.configs)]
+        self.normals = [judged_val_scores(p, "normal") for p in payloads]
 
     def member_scores(self, images_u8: torch.Tensor) -> list[np.ndarray]:
         from anomaly_ae.training import score_images
@@ -51,9 +50,12 @@ class Ensemble:
         return combine(self.member_scores(images_u8), self.normals)
 
 
+def judged_val_scores(payload: dict, split: str) -> np.ndarray:
+    """A member's stored validation scores of one split, by the score it was judged by."""
+    return np.asarray(payload["val_scores"][split][payload["config"]["score"]], dtype=float)
+
+
 def val_scores_of(payloads: list[dict]) -> dict:
     """The ensemble's validation scores from its members' stored ones: no crop is scored again."""
-    normals = [np.asarray(p["val_scores"]["normal"][p["config"]["score"]], dtype=float) for p in payloads]
-    return {split: combine([np.asarray(p["val_scores"][split][p["config"]["score"]], dtype=float) for p in payloads],
-                           normals)
-            for split in ("normal", "spill")}
+    normals = [judged_val_scores(p, "normal") for p in payloads]
+    return {split: combine([judged_val_scores(p, split) for p in payloads], normals) for split in ("normal", "spill")}
