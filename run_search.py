@@ -43,7 +43,8 @@ DEFAULT_OBJECTIVE_WITH_SITE = "site"
 
 REPO = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO / "data" / "default"
-DEFAULT_TRACKING = f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
+# The exports `run_search.py server` prints make every command (and every trial) use the server.
+DEFAULT_TRACKING = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
 DEFAULT_STORAGE = REPO / "ray_results"
 
 
@@ -90,6 +91,10 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
                    help="Ray results: local folder, shared NFS path or s3:// URI (default ./ray_results)")
     p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default sqlite mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="experiment name for Ray and MLflow (default proliv-<space>)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="keep the sweep's Optuna study in this database (postgresql://... on a cluster, "
+                        "sqlite:///PATH beside the MLflow store on one machine), named after the sweep; "
+                        "default: in the driver's memory and Ray's experiment state only")
     p.add_argument("--seed", type=int, default=0, help="sampler and trial seed (default 0)")
     p.add_argument("--no-baselines", action="store_true", help="do not enqueue the seed baselines")
     p.add_argument("--resume", action="store_true",
@@ -254,6 +259,33 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--sizes", type=positive_int, nargs="+", default=[10_000, 100_000], help="default 10000 100000")
     knn.add_argument("--queries", type=positive_int, default=1000, help="crops scored per size (default 1000)")
     knn.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    server = sub.add_parser("server", help="the tracking server for a cluster: mlflow server on PostgreSQL, basic auth",
+                            description="Upgrade the store's schema, size its connection pool from the sweep's "
+                                        "concurrency, write the basic-auth config, print the client's export lines, "
+                                        "then run `mlflow server` (artifacts proxied) in the foreground.")
+    server.add_argument("--backend-store-uri", required=True,
+                        help="postgresql://USER:PASSWORD@HOST:PORT/DB (or sqlite:///PATH on one machine)")
+    server.add_argument("--artifacts-destination", required=True, help="folder or s3:// URI the server stores artifacts in")
+    server.add_argument("--state-dir", type=Path, default=Path("mlflow-server"),
+                        help="the auth config and generated secrets, kept private (default ./mlflow-server)")
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for a cluster)")
+    server.add_argument("--port", type=positive_int, default=5000, help="default 5000")
+    server.add_argument("--workers", type=positive_int, default=2, help="server worker processes (default 2)")
+    server.add_argument("--concurrent-trials", type=positive_int, default=8,
+                        help="trials that write at once (a sweep's --max-concurrent, summed over sweeps): sizes the "
+                             "database connection pool (default 8)")
+    server.add_argument("--allowed-hosts", default=None,
+                        help="Host headers the server accepts, comma-separated (mlflow server's own default otherwise)")
+    track = sub.add_parser("benchmark-tracking", help="load test of the tracking path: N writers as real trials",
+                           description="N concurrent writer processes, each logging what a trial logs (params, "
+                                       "about 30 metrics and one small artifact per epoch, a status change); prints "
+                                       "writes per second, p50/p99 latency, errors, and whether every metric arrived "
+                                       "exactly once (read back and counted).")
+    track.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (a server: http://...)")
+    track.add_argument("--writers", type=positive_int, default=8, help="concurrent writer processes (default 8)")
+    track.add_argument("--epochs", type=positive_int, default=5, help="epochs each writer logs (default 5)")
+    track.add_argument("--timeout-s", type=positive_int, default=900, help="give up on writers after this (default 900)")
+    track.add_argument("--out", type=Path, default=None, help="also append the row to this CSV")
     predict = sub.add_parser("predict", help="score a folder of crops with a registered model",
                              description="Score every crop in a folder; writes name, score, label (1 = spill).")
     add_store_args(predict, experiment_required=False)
@@ -302,8 +334,9 @@ def validate_search_args(args) -> dict:
         raise UsageError(f"--max-failures: must be >= -1 (-1 = unlimited), got {args.max_failures}")
     if args.warm_start and args.no_warm_start:
         raise UsageError("--warm-start and --no-warm-start contradict each other; give one")
-    if args.resume and (args.warm_start or args.sampler != "tpe"):
-        raise UsageError("--resume continues the sweep's own searcher; --warm-start and --sampler do not apply")
+    if args.resume and (args.warm_start or args.sampler != "tpe" or args.optuna_storage):
+        raise UsageError("--resume continues the sweep's own searcher and study; --warm-start, --sampler and "
+                         "--optuna-storage do not apply")
     if args.gpus_per_trial > 0 and not args.address:
         import torch
 
@@ -323,7 +356,14 @@ def validate_search_args(args) -> dict:
             config = validate_config(raw)
         except ConfigError as exc:
             raise UsageError(f"--config {args.config}: {exc}") from exc
-    return {"config": config}
+    study_storage = None
+    if args.optuna_storage:
+        from anomaly_ae.study_storage import StudyStorageError, open_study_storage
+        try:
+            study_storage = open_study_storage(args.optuna_storage)
+        except StudyStorageError as exc:
+            raise UsageError(str(exc)) from exc
+    return {"config": config, "study_storage": study_storage}
 
 
 # ----------------------------------------------------------------- commands
@@ -426,12 +466,26 @@ def new_sweep(args, experiment: str, checked: dict):
     from anomaly_ae.tracking import SweepRun
 
     sweep = SweepRun.create(args.tracking_uri, experiment, tags)
+    study = None
+    if checked["study_storage"] is not None:
+        from anomaly_ae.study_storage import StudyStorageError, claim_study_name, sweep_study_name
+        from anomaly_ae.tracking_server import redact
+        try:
+            study = (checked["study_storage"], claim_study_name(checked["study_storage"],
+                                                                 sweep_study_name(experiment, sweep.run_id)))
+        except StudyStorageError as exc:
+            sweep.end("FAILED")
+            raise UsageError(str(exc)) from exc
+        sweep.client.set_tag(sweep.run_id, "optuna_study", study[1])
+        sweep.client.set_tag(sweep.run_id, "optuna_storage", redact(args.optuna_storage))
+        print(f"optuna study {study[1]!r} in {redact(args.optuna_storage)} (optuna-dashboard "
+              f"{redact(args.optuna_storage)} shows it)", flush=True)
     references = {}
     if not args.no_references:
         references = score_references(sweep, splits, args)
     from trainables.sweep import run_sweep
 
-    return sweep, lambda: run_sweep(args, splits, sweep.tracking, points, perceptual, warm_trials, references)
+    return sweep, lambda: run_sweep(args, splits, sweep.tracking, points, perceptual, warm_trials, references, study)
 
 
 def site_bound(args) -> float:
@@ -735,6 +789,42 @@ def cmd_benchmark_search(args) -> int:
     return print_benchmark(benchmark_search(args), summary_lines)
 
 
+def cmd_server(args) -> int:
+    from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, client_exports, prepare_server, redact
+
+    spec = ServerSpec(args.backend_store_uri, args.artifacts_destination, args.state_dir, args.host, args.port,
+                      args.workers, args.concurrent_trials, args.allowed_hosts)
+    try:
+        command, env, pool, password = prepare_server(spec)
+    except ServerConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"schema upgraded: {redact(spec.backend_store_uri)}")
+    print(pool.line())
+    print(f"basic auth: admin user 'admin', config {spec.state_dir / 'basic_auth.ini'}; artifacts proxied to "
+          f"{spec.artifacts_destination}")
+    print("on every client (search, promote, predict; the trials get them through Ray):")
+    print("\n".join(f"  {line}" for line in client_exports(spec, password)))
+    print(f"starting: mlflow server on {spec.url} (Ctrl-C stops it)", flush=True)
+    os.execve(command[0], command, env)  # the server takes this process: signals reach it directly
+
+
+def cmd_benchmark_tracking(args) -> int:
+    from analysis.benchmark_tracking import benchmark_tracking, summary_table
+    from anomaly_ae.tracking_server import redact
+
+    print(f"benchmark-tracking: {args.writers} writers x {args.epochs} epochs against {redact(args.tracking_uri)}",
+          flush=True)
+    row = benchmark_tracking(args.tracking_uri, args.writers, args.epochs, args.timeout_s)
+    table = summary_table(row)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    for error in row["first_errors"]:
+        print(f"  error: {error}", file=sys.stderr)
+    if args.out is not None:
+        table.assign(tracking_uri=redact(args.tracking_uri)).to_csv(args.out, mode="a", index=False,
+                                                                     header=not args.out.exists())
+    return 0 if row["errors"] == 0 and row["exactly_once"] else 1
+
+
 def cmd_benchmark_knn(args) -> int:
     from analysis.benchmark_knn import benchmark_knn
 
@@ -821,7 +911,8 @@ def main(argv: list[str] | None = None) -> int:
 
 COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd_list_models,
             "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
-            "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn}
+            "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn,
+            "server": cmd_server, "benchmark-tracking": cmd_benchmark_tracking}
 
 
 if __name__ == "__main__":

@@ -52,3 +52,27 @@ def tiny_sweep(tiny_data_dir, tmp_path_factory):
         ])
     ray.shutdown()
     return SimpleNamespace(code=code, out=out.getvalue(), uri=uri, experiment="itest", data=tiny_data_dir, tmp=tmp)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session (stopped and removed at the end, also on failure);
+    tests create their own databases on it with ``postgres.create_database(name)``. Skipped, with the
+    reason, only where PostgreSQL is not installed."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from services import PostgresCluster
+
+    # Not under pytest's tmp folder: it is private to this user, and as root the cluster runs as 'postgres'.
+    cluster = PostgresCluster(Path(tempfile.mkdtemp(prefix="proliv-pg-")))
+    reason = cluster.why_not()
+    if reason:
+        shutil.rmtree(cluster.root, ignore_errors=True)
+        pytest.skip(f"no PostgreSQL here: {reason}")
+    try:  # installed but failing to start is an error, never a skip
+        yield cluster.start()
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)

@@ -162,3 +162,81 @@ class TwoNodeCluster:
         # SIGKILL to the process groups: on SIGTERM a node drains for 30 s, which a test need not wait.
         for proc in reversed(self.procs):
             stop(proc, signal.SIGKILL)
+
+
+def find_postgres_bin(name: str) -> str | None:
+    """A PostgreSQL server binary: on PATH, or in Debian's versioned folder (initdb is not on PATH there)."""
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: initdb into a temporary folder, pg_ctl start on 127.0.0.1.
+
+    initdb and pg_ctl refuse to run as root, so as root they run as the ``postgres`` user
+    (runuser), on a folder it owns. Trust authentication, on loopback only.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.initdb, self.pg_ctl = find_postgres_bin("initdb"), find_postgres_bin("pg_ctl")
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.started = False
+
+    def why_not(self) -> str | None:
+        """Why no cluster can start here, or None."""
+        if not (self.initdb and self.pg_ctl):
+            return "PostgreSQL server binaries (initdb, pg_ctl) not found"
+        if self.as_user:
+            import pwd
+
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                return "running as root and there is no 'postgres' user to run initdb as"
+        return None
+
+    def _run(self, args: list[str], timeout: float = 120) -> None:
+        done = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log = self.root / "postgres.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({done.returncode}): {done.stderr[-2000:]}\n{tail}")
+
+    def start(self) -> "PostgresCluster":
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.as_user:
+            import shutil
+
+            shutil.chown(self.root, "postgres")
+        # --no-sync and fsync=off: a test cluster that dies with the test needs no durability.
+        self._run([self.initdb, "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres", "--no-sync"])
+        self._run([self.pg_ctl, "-D", str(self.root / "data"), "-l", str(self.root / "postgres.log"), "-w",
+                   "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"])
+        self.started = True
+        return self
+
+    def sql(self, statement: str, database: str = "postgres") -> None:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=database,
+                             autocommit=True) as conn:
+            conn.execute(statement)
+
+    def create_database(self, name: str) -> str:
+        """A fresh database owned by a user of its own; returns its SQLAlchemy URL."""
+        self.sql(f"CREATE USER {name} PASSWORD '{name}-pw'")
+        self.sql(f"CREATE DATABASE {name} OWNER {name}")
+        return f"postgresql://{name}:{name}-pw@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.started:
+            self._run([self.pg_ctl, "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop"], timeout=60)
+            self.started = False

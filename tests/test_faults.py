@@ -122,41 +122,6 @@ def test_eight_concurrent_trials_on_the_sqlite_store(tiny_data_dir, tmp_path):
     assert peak >= 6, spans
 
 
-# ------------------------------------------------------------------ an authenticated server
-
-# slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)
-@pytest.mark.slow
-def test_basic_auth_server_refuses_anonymous_clients_and_accepts_a_sweep(tiny_data_dir, tmp_path):
-    from mlflow.exceptions import MlflowException
-
-    port = free_port()
-    # The admin's password comes from the environment, as the README shows.
-    env = {"MLFLOW_AUTH_ADMIN_PASSWORD": "s3cret-admin-pw", "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}
-    server = start_mlflow_server(tmp_path / "auth", port, env, ["--app-name", "basic-auth"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert "MLFLOW_TRACKING_USERNAME" not in os.environ
-        with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
-            MlflowClient(url).search_experiments()
-        creds = {**os.environ, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-admin-pw"}
-        done = run_cli([*tiny_sweep_args(tiny_data_dir, "auth-test", url, tmp_path / "ray", samples=2),
-                        "--no-references"], creds, tmp_path / "sweep.log", timeout=300)
-        assert done.returncode == 0, (tmp_path / "sweep.log").read_text()[-3000:]
-        done = run_cli(["promote", "--experiment", "auth-test", "--tracking-uri", url, "--no-references",
-                        "--config-out", str(tmp_path / "best.yaml")], creds, tmp_path / "promote.log")
-        assert done.returncode == 0, (tmp_path / "promote.log").read_text()[-3000:]
-        done = run_cli(["predict", "--tracking-uri", url, "--images", str(Path(tiny_data_dir) / "proliv"),
-                        "--out", str(tmp_path / "scores.csv")], creds, tmp_path / "predict.log")
-        assert done.returncode == 0, (tmp_path / "predict.log").read_text()[-3000:]
-        # Without credentials, the same commands are refused.
-        anonymous = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-        done = run_cli(["predict", "--tracking-uri", url, "--images", str(Path(tiny_data_dir) / "proliv"),
-                        "--out", str(tmp_path / "anon.csv")], anonymous, tmp_path / "anon.log")
-        assert done.returncode != 0 and not (tmp_path / "anon.csv").exists()
-    finally:
-        stop(server)
-
-
 # ------------------------------------------------------------------ a tracking outage
 
 @pytest.mark.slow

@@ -26,10 +26,16 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW
 
 
 class WarmStartedOptunaSearch(OptunaSearch):
-    """OptunaSearch whose study starts with finished trials of earlier sweeps.
+    """OptunaSearch whose study starts with finished trials of earlier sweeps, and records in the
+    study who proposed each trial.
 
     Ray's ``evaluated_rewards`` refuses a define-by-run space, so the trials arrive as
     Optuna ``FrozenTrial``s whose distributions were replayed through the same space.
+
+    Each proposed trial gets the user attributes ``ray_trial_id`` (its MLflow run's ``trial_id``
+    tag), ``sampler`` (the class that proposed it) and ``history`` (finished trials the sampler
+    had seen): a study in a database then shows that a resumed sweep went on with the same sampler
+    and the trials from before the interruption.
     """
 
     def __init__(self, *args, warm_trials=(), **kwargs):
@@ -41,6 +47,37 @@ class WarmStartedOptunaSearch(OptunaSearch):
         for trial in self._warm_trials:
             self._ot_study.add_trial(trial)
         self._warm_trials = []  # added once; a restored searcher already holds them in its study
+
+    def suggest(self, trial_id: str):
+        known = trial_id in self._ot_trials
+        params = super().suggest(trial_id)
+        if not known:
+            trial = self._ot_trials[trial_id]
+            finished = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            for key, value in (("ray_trial_id", trial_id), ("sampler", type(self._ot_study.sampler).__name__),
+                               ("history", len(finished))):
+                trial.set_user_attr(key, value)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        try:
+            super().on_trial_result(trial_id, result)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A database study can be ahead of Ray's last experiment snapshot: a trial that finished
+            # after it is run again by --resume, and the study keeps its first result.
+            pass
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        # Trials the killed driver asked for after Ray's last snapshot are RUNNING in a database
+        # study, and no restored trial will ever finish them: mark them FAIL, so that the study
+        # shows only what ran to an end (TPE ignores failed trials).
+        known = {t._trial_id for t in self._ot_trials.values()}
+        storage = self._ot_study._storage
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial._trial_id not in known:
+                storage.set_trial_user_attr(trial._trial_id, "failed_by", "resume: asked after the last snapshot")
+                storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def trial_outcome(result: dict) -> str:
@@ -224,7 +261,10 @@ def startup_trials(n_points: int, max_concurrent: int) -> int:
     return max(2, n_points - max_concurrent + 1) if n_points else 10
 
 
-def make_searcher(args, space, points: list[dict], warm_trials=()):
+def make_searcher(args, space, points: list[dict], warm_trials=(), study=None):
+    """TPE (or random) behind Ray's OptunaSearch. ``study``: (storage, name) of a database study, else
+    the study lives in the driver's memory and Ray's experiment state."""
+    points = points[:args.num_samples]  # points past the budget would wait in the study, never run
     if args.sampler == "random":
         sampler = RandomSampler(seed=args.seed)
     else:
@@ -235,8 +275,10 @@ def make_searcher(args, space, points: list[dict], warm_trials=()):
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             sampler = TPESampler(seed=args.seed, n_startup_trials=startup_trials(len(points), args.max_concurrent),
                                  multivariate=True, group=True)
+    storage, name = study or (None, None)
     return WarmStartedOptunaSearch(space=space, metric="objective", mode="max", sampler=sampler,
-                                   points_to_evaluate=points or None, warm_trials=warm_trials)
+                                   points_to_evaluate=points or None, warm_trials=warm_trials, storage=storage,
+                                   study_name=name)
 
 
 class EnqueuedRunToEnd(ASHAScheduler):
@@ -265,7 +307,7 @@ def make_scheduler(args, epochs: int):
 
 
 def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),
-              references: dict[str, float] | None = None):
+              references: dict[str, float] | None = None, study=None):
     """Run the sweep; returns Ray's ResultGrid."""
     init_ray(args)
     space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch,
@@ -276,7 +318,7 @@ def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm
     tuner = tune.Tuner(
         make_trainable(args, splits, tracking),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(make_searcher(args, space, points, warm_trials), args.max_concurrent),
+            search_alg=ConcurrencyLimiter(make_searcher(args, space, points, warm_trials, study), args.max_concurrent),
             scheduler=make_scheduler(args, epochs), num_samples=args.num_samples, time_budget_s=args.time_budget_s,
         ),
         run_config=RunConfig(
