@@ -95,6 +95,9 @@ def benchmark_tracking(uri: str, writers: int, epochs: int, timeout_s: float = 9
     experiment_id = client.create_experiment(experiment)
     # Each writer a fresh process with no client state of this one's; the fork server imports MLflow
     # once for all of them (N imports at once would take longer than a short run's writes).
+    # MLflow's telemetry thread edits os.environ while requests read it: a client-side race that once
+    # failed a write here (KeyError '_MLFLOW_TELEMETRY_SESSION_ID'). It is not the tracking path.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["mlflow.tracking", "mlflow.entities"])
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -114,7 +115,8 @@ class ServerSpec:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        # Bound to every interface: clients on other machines reach it by this machine's name.
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
 
     def auth_database_uri(self) -> str:

@@ -1,6 +1,8 @@
 """The server command's pure parts (pool sizing, redaction), and the database study's bookkeeping on a
 SQLite storage: names never reused, proposals recorded, a restore that finds the database ahead of Ray's
 snapshot."""
+import socket
+
 import optuna
 import pytest
 
@@ -39,7 +41,7 @@ def test_auth_tables_share_a_postgres_store_and_get_their_own_file_beside_sqlite
     assert pg.auth_database_uri() == "postgresql://u:p@h/db"
     lite = ServerSpec(f"sqlite:///{tmp_path}/m.db", str(tmp_path / "a"), tmp_path / "state", host="0.0.0.0", port=5001)
     assert lite.auth_database_uri() == f"sqlite:///{tmp_path / 'state' / 'basic_auth.db'}"
-    assert lite.url == "http://127.0.0.1:5001"
+    assert lite.url == f"http://{socket.getfqdn()}:5001"  # reachable from the cluster's other machines
 
 
 def test_the_server_command_names_a_store_it_cannot_reach(tmp_path, capsys):
@@ -104,3 +106,19 @@ def test_a_restored_searcher_fails_orphans_and_tolerates_trials_the_database_fin
     restored.suggest("t4")
     last = optuna.load_study(study_name="s", storage=url).trials[-1]
     assert last.user_attrs == {"ray_trial_id": "t4", "sampler": "TPESampler", "history": 2}
+
+
+def test_the_load_test_counts_a_lost_and_a_duplicated_write(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from analysis.benchmark_tracking import count_arrivals, metric_names
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "a"))).info.run_id
+    names = metric_names()
+    for step in range(2):
+        client.log_batch(run_id, metrics=[Metric(n, 1.0, 1000 + step, step) for n in names])
+    assert count_arrivals(client, run_id, 2) == (0, 0, 2)  # every metric once; no artifact logged
+    client.log_batch(run_id, metrics=[Metric(names[0], 2.0, 2000, 1)])  # a second write at step 1
+    assert count_arrivals(client, run_id, 3) == (len(names), 1, 3)  # step 2 missing for all, one duplicate
