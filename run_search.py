@@ -89,7 +89,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="join a running Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
     p.add_argument("--storage-path", default=str(DEFAULT_STORAGE),
                    help="Ray results: local folder, shared NFS path or s3:// URI (default ./ray_results)")
-    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default sqlite mlruns/mlflow.db)")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite mlruns/mlflow.db)")
     p.add_argument("--experiment", default=None, help="experiment name for Ray and MLflow (default proliv-<space>)")
     p.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="keep the sweep's Optuna study in this database (postgresql://... on a cluster, "
@@ -158,7 +158,7 @@ def add_site_args(p: argparse.ArgumentParser, folder_help: str | None = None) ->
 
 
 def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True) -> None:
-    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default sqlite mlruns/mlflow.db)")
+    p.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite mlruns/mlflow.db)")
     if experiment_required:
         p.add_argument("--experiment", required=True, help="the sweep's experiment name (e.g. proliv-quick)")
         p.add_argument("--parent", default=None, help="a sweep's parent run id (default: the latest sweep)")
@@ -581,8 +581,10 @@ def resumed_sweep(args, experiment: str):
     _, splits = load_sweep_data(parent, args.data)
     # Runs the interruption cut off are marked KILLED; a resumed trial reopens its own run.
     sweep, closed = SweepRun.reopen(args.tracking_uri, parent)
+    study = parent.data.tags.get("optuna_study")
     print(f"resuming sweep {experiment!r} (parent run {parent.info.run_id}); {closed} interrupted run(s) "
-          f"marked KILLED", flush=True)
+          f"marked KILLED" + (f"; optuna study {study!r} in {parent.data.tags['optuna_storage']} continues"
+                              if study else ""), flush=True)
     return sweep, lambda: resume_sweep(args, splits, sweep.tracking, experiment_path_of(args, experiment))
 
 

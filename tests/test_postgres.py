@@ -37,7 +37,7 @@ def pg_server(postgres, tmp_path_factory):
     log = root / "server.log"
     proc = start_cli(["server", "--backend-store-uri", postgres.create_database("mlflow_store"),
                       "--artifacts-destination", str(root / "artifacts"), "--state-dir", str(root / "state"),
-                      "--port", str(port), "--concurrent-trials", "8"], clean_env(), log)
+                      "--port", str(port), "--concurrent-trials", "64"], clean_env(), log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: healthy(url), 120, f"healthy server at {url}", proc, log)
