@@ -76,3 +76,20 @@ def postgres():
     finally:
         cluster.stop()
         shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster(tmp_path_factory):
+    """A Ray head and a second node on this machine, one CPU each, token auth; stopped by the pids started
+    here. Yields (address, node ids, the env of a shell that joins it)."""
+    from services import TwoNodeCluster
+
+    cluster = TwoNodeCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        # Both on this machine. Ray swaps a loopback --node-ip-address for the host's own address
+        # (services.resolve_ip_for_localhost), so the nodes cannot advertise 127.0.0.1 itself.
+        assert len({n["ip"] for n in cluster.nodes.values()}) == 1
+        yield cluster.address, set(cluster.nodes), cluster.env
+    finally:
+        cluster.stop()

@@ -1,28 +1,17 @@
-"""Cluster-wide sweeps against a two-node Ray cluster (ray start) started here, on loopback only.
-The tracking server side (mlflow server on PostgreSQL) is in test_postgres.py."""
+"""Cluster-wide sweeps against a two-node Ray cluster (ray start; the session's `two_node_cluster`).
+CI's cluster sweep, with its tracking server on PostgreSQL, is in test_postgres.py."""
 import json
 
 import pytest
 
-from services import TwoNodeCluster, run_cli, tiny_sweep_args
+from services import run_cli, tiny_sweep_args
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
-    """A Ray head and a second node on this machine, one CPU each; stopped by the pids started here."""
-    cluster = TwoNodeCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-        # Both on this machine. Ray swaps a loopback --node-ip-address for the host's own address
-        # (services.resolve_ip_for_localhost), so the nodes cannot advertise 127.0.0.1 itself.
-        assert len({n["ip"] for n in cluster.nodes.values()}) == 1
-        yield cluster.address, set(cluster.nodes), cluster.env
-    finally:
-        cluster.stop()
-
-
+# slow: CI runs a cluster sweep in test_postgres.py (the same two nodes, its tracking server on PostgreSQL);
+# this one needs no PostgreSQL.
+@pytest.mark.slow
 def test_sweep_spreads_over_two_nodes_of_an_existing_cluster(two_node_cluster, tiny_data_dir, tmp_path):
     address, nodes, env = two_node_cluster
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -35,6 +24,9 @@ def test_sweep_spreads_over_two_nodes_of_an_existing_cluster(two_node_cluster, t
     assert used == nodes
 
 
+# slow: 40 s, of which Ray's own retries of the refused connection take 20 s (no setting shortens them);
+# CI's suite must stay under 10 minutes
+@pytest.mark.slow
 def test_joining_a_token_cluster_without_auth_mode_names_the_fix(two_node_cluster, tiny_data_dir, tmp_path):
     address, _, env = two_node_cluster
     env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}

@@ -2,6 +2,7 @@
 artifacts proxied) on a throwaway cluster, a sweep through it with its Optuna study in the database,
 promote and predict against it, optuna-dashboard reading the study, and the tracking load test."""
 import base64
+import json
 import math
 import os
 import re
@@ -49,12 +50,15 @@ def pg_server(postgres, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pg_sweep(pg_server, tiny_data_dir):
-    """A 3-trial sweep logged through the server, its Optuna study in a PostgreSQL database."""
+def pg_sweep(pg_server, two_node_cluster, tiny_data_dir):
+    """A 3-trial sweep on a two-node Ray cluster, logged through the server, its Optuna study in a
+    PostgreSQL database: the deployment the README's cluster section describes, on one machine."""
+    address, _, cluster_env = two_node_cluster
     storage_url = pg_server.postgres.create_database("optuna_study")
     log = pg_server.root / "sweep.log"
+    env = {**pg_server.env, **{k: v for k, v in cluster_env.items() if k.startswith("RAY_")}}
     done = run_cli([*tiny_sweep_args(tiny_data_dir, "pg-test", pg_server.url, pg_server.root / "ray", samples=3),
-                    "--optuna-storage", storage_url], pg_server.env, log, timeout=400)
+                    "--optuna-storage", storage_url, "--address", address], env, log, timeout=400)
     assert done.returncode == 0, log.read_text()[-3000:]
     client = MlflowClient(pg_server.url)
     os.environ.update(pg_server.exports)  # this process's own client calls below need the credentials too
@@ -76,8 +80,7 @@ def test_the_server_prints_its_client_exports_and_refuses_anonymous_clients(pg_s
     assert re.search(r"connection pool: 2 worker\(s\) x \(\d+ \+ \d+ overflow\) = at most \d+ connections of the "
                      r"database's 100", out)
     assert ":mlflow_store-pw@" not in out  # the database password is never printed
-    for key in pg_server.exports:
-        assert key not in os.environ
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # the fixtures put no credentials in this process
     with pytest.raises(MlflowException, match="401|Unauthorized|credentials"):
         MlflowClient(pg_server.url).search_experiments()
 
@@ -91,6 +94,13 @@ def test_sweep_runs_and_artifacts_read_back_through_the_server(pg_server, pg_swe
         listed = http_json(f"{pg_server.url}/api/2.0/mlflow/artifacts/list?run_id={run.info.run_id}", headers=auth)
         assert "model.pt" in {f["path"] for f in listed.get("files", [])}
     assert list((pg_server.root / "artifacts").rglob("model.pt"))
+
+
+def test_the_sweep_ran_on_both_nodes_of_the_cluster(pg_server, pg_sweep, two_node_cluster):
+    used = set()
+    for result in (pg_server.root / "ray" / "pg-test").glob("*/result.json"):
+        used |= {json.loads(line)["node_id"] for line in result.read_text().splitlines() if line.strip()}
+    assert used == two_node_cluster[1]
 
 
 def test_the_study_in_postgres_agrees_with_mlflow(pg_sweep):
@@ -115,18 +125,20 @@ def test_a_sweep_never_appends_to_a_study_that_exists(pg_sweep):
         claim_study_name(storage, pg_sweep.parent.data.tags["optuna_study"])
 
 
-def test_promote_and_predict_against_the_postgres_server(pg_server, pg_sweep, tiny_data_dir):
+def test_promote_and_predict_against_the_postgres_server(pg_server, pg_sweep, tiny_data_dir, monkeypatch):
+    import run_search
+
+    for key, value in pg_server.exports.items():  # what a client's shell has after the printed exports
+        monkeypatch.setenv(key, value)
     root = pg_server.root
-    done = run_cli(["promote", "--experiment", "pg-test", "--config-out", str(root / "best.yaml")], pg_server.env,
-                   root / "promote.log")
-    assert done.returncode == 0, (root / "promote.log").read_text()[-3000:]
+    assert run_search.main(["promote", "--experiment", "pg-test", "--tracking-uri", pg_server.url,
+                            "--config-out", str(root / "best.yaml")]) == 0
     alias = http_json(f"{pg_server.url}/api/2.0/mlflow/registered-models/alias?name=proliv-autoencoder&alias=champion",
                       headers=basic_auth(pg_server))["model_version"]
     assert alias["aliases"] == ["champion"]
     assert {"test_tpr", "test_tnr", "threshold"} <= {t["key"] for t in alias["tags"]}
-    done = run_cli(["predict", "--images", str(Path(tiny_data_dir) / "proliv"), "--out", str(root / "scores.csv")],
-                   pg_server.env, root / "predict.log")
-    assert done.returncode == 0, (root / "predict.log").read_text()[-3000:]
+    assert run_search.main(["predict", "--tracking-uri", pg_server.url, "--images", str(Path(tiny_data_dir) / "proliv"),
+                            "--out", str(root / "scores.csv")]) == 0
     assert len((root / "scores.csv").read_text().splitlines()) == 1 + len(list((Path(tiny_data_dir) / "proliv").iterdir()))
 
 
