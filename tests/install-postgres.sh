@@ -4,9 +4,8 @@
 # fails: without PostgreSQL (no apt-get, no root) those tests are skipped with their reason.
 command -v initdb >/dev/null 2>&1 && exit 0
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && exit 0
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
-if command -v apt-get >/dev/null 2>&1 && { $SUDO apt-get install -y -q postgresql >/dev/null 2>&1 ||
-     { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q postgresql >/dev/null 2>&1; }; }; then
+. "$(dirname "$0")/apt-install.sh"
+if apt_install postgresql; then
     echo "installed $(ls /usr/lib/postgresql/*/bin/initdb)"
 else
     echo "postgresql not installed (needs apt-get and root): the PostgreSQL tests will be skipped"
