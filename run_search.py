@@ -30,7 +30,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "Vi
 # snapshot are lost to --resume and suggested again.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
 # Tune's legacy reporter at verbose=0 prints nothing; the new one prints a config box and a
-# TensorBoard hint whatever the verbosity. Our own lines (TrialLines) report progress instead.
+# TensorBoard hint whatever the verbosity. Our own lines (trainables.sweep.SweepProgress) report progress instead.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS  # noqa: E402  (light: numpy only)

@@ -22,8 +22,6 @@ import pandas as pd
 from analysis.sweep_runs import find_parent_run, reference_frame, sweep_frame
 from anomaly_ae.baselines import is_seed_baseline
 
-SAMPLERS = ("tpe", "random")
-
 
 def anytime_curve(frame: pd.DataFrame, start_ms: int) -> tuple[list[float], list[float]]:
     """(seconds since the sweep started, best searched objective so far) at each searched trial's end."""

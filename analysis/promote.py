@@ -300,7 +300,7 @@ def detector_spec(promoted: Candidate, decode_size: tuple[int, int]) -> dict:
             "calibration": {"source": "validation", "scores": np.asarray(normals, dtype=float).tolist()}}
 
 
-def register(client, tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
+def register(tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
              decode_size: tuple[int, int], dataset_hash: str, config_path: Path):
     """Log the detector as a pyfunc model (from code) in a promotion run, register it, set the alias."""
     from anomaly_ae.checkpoints import MODEL_FILE, save_checkpoint
@@ -405,7 +405,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
         member_payloads = [download_checkpoint(client, m["run_id"], Path(tmp) / f"member-{m['run_id']}")
                            for _, m in members.iterrows()]
         compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
-        baselines = []
+        baseline_candidates = []
         for _, b in compared.iterrows():
             try:
                 b_payload = download_checkpoint(client, b["run_id"], Path(tmp) / b["run_id"])
@@ -413,10 +413,9 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
                 log(f"  baseline {b['baseline']} left out: {exc}")
                 continue
             own = stated_policy(b["baseline"], b_payload["config"])
-            baselines.append(Candidate.of_trial(b["baseline"], b["trial_id"], b["run_id"], b_payload,
-                                                evaluate_once(b_payload, splits, policies(b["baseline"],
-                                                                                          b_payload["config"])),
-                                                own_policy=own))
+            baseline_candidates.append(Candidate.of_trial(
+                b["baseline"], b["trial_id"], b["run_id"], b_payload,
+                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"])), own_policy=own))
     name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
     own = stated_policy(row["baseline"], payload["config"])
     spread = {}
@@ -448,13 +447,13 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             log(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
                 f"champion's {promoted.val_objective:.4f}: the single champion ships")
         promoted = shipped
-    table = comparison_table([promoted, *other, *sorted(baselines, key=lambda c: c.name), *refs])
+    table = comparison_table([promoted, *other, *sorted(baseline_candidates, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
     reason = champion_check(client, model_name, promoted.report, data.labelled_hash, promoted.cfg["tnr_target"])
     if reason and not force:
         raise PromotionRefused(reason)
     config_path = write_best_config(promoted.members[0]["config"] if promoted.members else promoted.cfg, config_out)
-    version = register(client, tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
+    version = register(tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
                        config_path)
     review = None
     if "site" in promoted.report:

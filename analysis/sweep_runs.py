@@ -14,9 +14,6 @@ import pandas as pd
 from anomaly_ae.metrics import clopper_pearson
 from anomaly_ae.tracking import run_metric
 
-# Columns shared with the Ray-side frame (analysis.leaderboard.results_frame).
-KEY_PARAMS = ("image", "normalisation", "lr", "batch_size")
-
 
 class SweepNotFound(LookupError):
     """No such experiment, parent run or trial in the tracking store."""
