@@ -12,7 +12,7 @@ import secrets
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -112,7 +112,6 @@ class ServerSpec:
     workers: int = 2
     concurrent_trials: int = 8
     allowed_hosts: str | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -178,7 +177,7 @@ def server_command(spec: ServerSpec) -> list[str]:
 
 
 def server_environment(spec: ServerSpec, pool: PoolSettings, auth_config: Path, password: str) -> dict[str, str]:
-    return {**os.environ, **pool.env(), **spec.extra_env,
+    return {**os.environ, **pool.env(),
             "MLFLOW_AUTH_CONFIG_PATH": str(auth_config), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": _secret(spec.state_dir, "flask-secret-key",
                                                       "MLFLOW_FLASK_SERVER_SECRET_KEY"),
