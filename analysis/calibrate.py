@@ -22,7 +22,7 @@ from anomaly_ae.config import validate_config
 from anomaly_ae.scores import SCORE_TYPES
 from anomaly_ae.data import load_proliv, make_splits
 from anomaly_ae.evaluation import test_report
-from anomaly_ae.training import train_and_validate
+from anomaly_ae.validation import train_and_validate
 
 # A config the search space can reach that copes with the test shift: brightness,
 # contrast and colour jitter plus small shifts in training, and a local score.

@@ -22,7 +22,8 @@ import yaml
 from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.baselines import SEED_BASELINES
 from anomaly_ae.evaluation import operating_report, report_at_policies, site_calibration, test_report
-from anomaly_ae.training import checkpoint_payload, load_trained, train_and_validate
+from anomaly_ae.checkpoints import checkpoint_payload, load_trained
+from anomaly_ae.validation import train_and_validate
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
 # promote combines this many of the best trials and ships the ensemble when validation prefers it:
@@ -158,7 +159,7 @@ def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy:
     on validation by the sweep's objective like a trial."""
     from anomaly_ae.ensemble import Ensemble, val_scores_of
     from anomaly_ae.selection import score_objective
-    from anomaly_ae.training import SiteInput, score_summary, site_metrics
+    from anomaly_ae.validation import SiteInput, score_summary, site_metrics
 
     tnr = payloads[0]["config"]["tnr_target"]
     ensemble = Ensemble(payloads)

@@ -16,6 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anomaly_ae.augmentation import Preprocess
+from anomaly_ae.config import model_params
+from anomaly_ae.latent_bank import LatentBank
+from anomaly_ae.losses import PerceptualDistance
+from anomaly_ae.models import build_model
+from anomaly_ae.training import TrialState, build_optimizer, needs_perceptual, pick_device
+
 CHECKPOINT_FILE = "checkpoint.pt"  # resume: weights, optimizer state, epoch
 MODEL_FILE = "model.pt"  # promotion and serving: weights, config, preprocessing, validation scores
 
@@ -47,7 +54,7 @@ def _plain(value):
 
 
 def save_checkpoint(path: Path, payload: dict, with_optimizer: bool = True) -> Path:
-    """Write ``payload`` (see ``anomaly_ae.training.checkpoint_payload``) in the safe format."""
+    """Write ``payload`` (see ``checkpoint_payload``) in the safe format."""
     tensors = ("model_state", "optimizer_state", "val_scores", "latent_bank")
     out = {k: _plain(v) for k, v in payload.items() if k not in tensors}
     out["model_state"] = {k: v.detach().cpu() for k, v in payload["model_state"].items()}
@@ -81,3 +88,33 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     payload["val_scores"] = _to_arrays(payload.get("val_scores", {}))
     payload.setdefault("optimizer_state", None)
     return payload
+
+
+def checkpoint_payload(state: TrialState, cfg: dict, val_scores: dict, report: dict) -> dict:
+    """What promotion needs without retraining: weights, config, preprocessing, score distributions."""
+    return {
+        "model_state": state.model.state_dict(),
+        "optimizer_state": state.optimizer.state_dict() if state.optimizer is not None else None,
+        "config": cfg,
+        "preprocess": state.preprocess.as_dict(),
+        "val_scores": val_scores,
+        "epoch": state.epoch,
+        "report": report,
+        "latent_bank": state.latent_bank.as_dict() if state.latent_bank is not None else None,
+    }
+
+
+def load_trained(payload: dict, device: torch.device | None = None) -> TrialState:
+    """Rebuild a trained model from a checkpoint payload, ready for scoring."""
+    cfg = payload["config"]
+    device = device or pick_device()
+    pre = Preprocess(**payload["preprocess"])
+    model = build_model(cfg["variant"], pre.channels, pre.height, pre.width, **model_params(cfg)).to(device)
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    perceptual = None
+    if needs_perceptual(cfg):
+        perceptual = PerceptualDistance(cfg["perceptual_backbone"], cfg["perceptual_weights"]).to(device)
+    opt = build_optimizer(cfg, model.parameters())
+    return TrialState(model, opt, pre, perceptual, device, torch.Generator(device=device).manual_seed(cfg["seed"]),
+                      payload.get("epoch", 0), LatentBank.from_dict(payload.get("latent_bank"), device))

@@ -35,14 +35,14 @@ class Ensemble:
     """Trained members, rebuilt from their checkpoint payloads, scoring uint8 crops together."""
 
     def __init__(self, payloads: list[dict], device: torch.device | None = None):
-        from anomaly_ae.training import load_trained
+        from anomaly_ae.checkpoints import load_trained
 
         self.configs = [p["config"] for p in payloads]
         self.states = [load_trained(p, device) for p in payloads]
         self.normals = [judged_val_scores(p, "normal") for p in payloads]
 
     def member_scores(self, images_u8: torch.Tensor) -> list[np.ndarray]:
-        from anomaly_ae.training import score_images
+        from anomaly_ae.validation import score_images
 
         return [score_images(state, cfg, images_u8)[0][cfg["score"]] for state, cfg in zip(self.states, self.configs)]
 

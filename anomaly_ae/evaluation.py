@@ -7,7 +7,8 @@ import torch
 from anomaly_ae.data import SitePool, Splits
 from anomaly_ae.metrics import evaluation_report, tpr_at_tnr
 from anomaly_ae.thresholds import select_threshold, site_threshold
-from anomaly_ae.training import TrialState, score_images
+from anomaly_ae.training import TrialState
+from anomaly_ae.validation import score_images
 
 
 def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool) -> dict:

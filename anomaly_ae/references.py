@@ -21,9 +21,8 @@ import torch
 from anomaly_ae.baselines import KNN_REFERENCE, PCA_REFERENCE
 from anomaly_ae.config import validate_config
 from anomaly_ae.selection import score_objective
-from anomaly_ae.training import (
-    SiteInput, build_trial, fit_closed_form, nuisance_split, score_images, score_summary, site_metrics,
-)
+from anomaly_ae.training import build_trial, fit_closed_form
+from anomaly_ae.validation import SiteInput, nuisance_split, score_images, score_summary, site_metrics
 
 REFERENCES = {"pca16": (PCA_REFERENCE, "PCA, 16 components, RGB 32x48, MSE"),
               "knn5": (KNN_REFERENCE, "kNN distance, k=5, RGB pixels 32x48 pooled to 16x24")}

@@ -22,7 +22,7 @@ DETECTOR_FILE = "detector.json"
 class ProlivDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from anomaly_ae.checkpoints import load_checkpoint
-        from anomaly_ae.training import load_trained
+        from anomaly_ae.checkpoints import load_trained
 
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
         members = sorted((k for k in context.artifacts if k.startswith("member")), key=lambda k: int(k[6:]))
@@ -62,7 +62,7 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
                          "calibration": {"source": "site", "scores": scores.tolist(), **pool.describe()}}
 
     def score(self, images) -> np.ndarray:
-        from anomaly_ae.training import score_images
+        from anomaly_ae.validation import score_images
 
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3:

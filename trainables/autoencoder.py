@@ -19,17 +19,15 @@ import torch
 from ray import tune
 
 from anomaly_ae.baselines import match_baseline
-from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE, load_checkpoint, save_checkpoint
+from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
 from anomaly_ae.config import validate_config
 from anomaly_ae.data import Splits
 from anomaly_ae.models import model_spec
 from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
 from anomaly_ae.selection import tie_break
 from anomaly_ae.tracking import Tracking, TrackingUnavailable, TrialRun, trial_run_name
-from anomaly_ae.training import (
-    DivergedError, SiteInput, build_trial, checkpoint_payload, evaluate, judge, nuisance_split, score_images,
-    train_one_epoch,
-)
+from anomaly_ae.training import DivergedError, build_trial, train_one_epoch
+from anomaly_ae.validation import SiteInput, evaluate, judge, nuisance_split, score_images
 from search_spaces import config_from_params
 
 # How long a trial being torn down (stopped by the scheduler) waits for its queued MLflow writes.
