@@ -1,1 +1,1 @@
-"""Sweep analysis, plots and promotion."""
+"""Reading a finished sweep from MLflow: its report, parameter importance, rung fidelity, plots."""

@@ -43,7 +43,7 @@ def rung_fidelity(histories: dict[str, dict[int, float]], max_t: int) -> pd.Data
 
 def pooled_fidelity(client, experiments: list[str]) -> tuple[pd.DataFrame, int]:
     """Rung fidelity over the trials of several sweeps (same max_t); returns the table and the sweep count."""
-    from analysis.sweep_runs import find_parent_run, sweep_frame
+    from sweeps.runs import find_parent_run, sweep_frame
 
     histories, max_t = {}, None
     for name in experiments:
@@ -51,24 +51,3 @@ def pooled_fidelity(client, experiments: list[str]) -> tuple[pd.DataFrame, int]:
         max_t = max_t or int(frame["param.epochs"].max())
         histories.update({f"{name}/{t}": h for t, h in zip(frame["trial_id"], frame["history"])})
     return rung_fidelity(histories, max_t), len(experiments)
-
-
-def main(argv=None) -> None:
-    """python -m analysis.fidelity --tracking-uri URI --prefix benchmark-search-STAMP"""
-    import argparse
-
-    from mlflow.tracking import MlflowClient
-
-    p = argparse.ArgumentParser(description="Rung fidelity pooled over the sweeps whose experiment name has a prefix.")
-    p.add_argument("--tracking-uri", required=True)
-    p.add_argument("--prefix", required=True, help="experiment name prefix, e.g. benchmark-search-20261125")
-    args = p.parse_args(argv)
-    client = MlflowClient(args.tracking_uri)
-    names = sorted(e.name for e in client.search_experiments() if e.name.startswith(args.prefix))
-    table, n = pooled_fidelity(client, names)
-    print(f"{n} sweeps: {', '.join(names)}")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-
-
-if __name__ == "__main__":
-    main()

@@ -13,9 +13,9 @@ from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE
 from anomaly_ae.tracking import log_sweep_report
 from analysis.importance import param_importances
 from analysis.fidelity import asha_rungs, rung_fidelity
-from analysis.leaderboard import leaderboard_rows, search_verdict
+from sweeps.leaderboard import leaderboard_rows, search_verdict
 from anomaly_ae.baselines import is_seed_baseline
-from analysis.sweep_runs import download_checkpoint, find_parent_run, reference_frame, sweep_frame
+from sweeps.runs import download_checkpoint, find_parent_run, reference_frame, sweep_frame
 
 REPORT_DIR = "analysis"
 

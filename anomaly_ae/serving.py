@@ -9,6 +9,7 @@ takes uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -21,8 +22,7 @@ DETECTOR_FILE = "detector.json"
 
 class ProlivDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from anomaly_ae.checkpoints import load_checkpoint
-        from anomaly_ae.checkpoints import load_trained
+        from anomaly_ae.checkpoints import load_checkpoint, load_trained
 
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
         members = sorted((k for k in context.artifacts if k.startswith("member")), key=lambda k: int(k[6:]))
@@ -95,3 +95,67 @@ def score_folder(model, folder: Path, decode_size: tuple[int, int]) -> pd.DataFr
     frame = model.predict(decode_images(paths, decode_size))
     frame.insert(0, "name", [p.name for p in paths])
     return frame
+
+
+class PredictionError(ValueError):
+    """A bad predict request (a model that cannot be loaded, contradictory options), named by option."""
+
+
+@dataclass
+class Prediction:
+    """A scored folder: the frame written, the detector it was scored with, its drift check."""
+
+    frame: pd.DataFrame
+    detector: dict
+    drift: dict
+    recalibrated_on: dict | None = None  # the site window the threshold was refixed on: crops, delta, bound
+
+
+def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path, out: Path,
+                   threshold_policy: str | None = None, site: Path | None = None,
+                   site_max_spill_fraction: float | None = None, site_delta: float | None = None,
+                   site_known_spills: Path | None = None, alarm_level: float | None = None) -> Prediction:
+    """Score ``images`` with a registered detector (alias or version ``model``), write ``out``, check drift,
+    and log the check as a run under the detector's promotion run."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from anomaly_ae.tracking import log_prediction
+
+    if site is not None and threshold_policy:
+        raise PredictionError("--site and --threshold-policy both refix the threshold; give one")
+    if site_known_spills is not None and site is None:
+        raise PredictionError("--site-known-spills: names crops of a --site window; give --site DIR too")
+    ref = f"models:/{model_name}/{model}" if model.isdigit() else f"models:/{model_name}@{model}"
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(ref)
+    except mlflow.exceptions.MlflowException as exc:
+        raise PredictionError(f"--model: cannot load {ref} from {tracking_uri}: {exc.message}") from exc
+    detector_model = loaded.unwrap_python_model()
+    if threshold_policy:
+        detector_model.use_policy(threshold_policy)
+    recalibrated_on = None
+    if site is not None:
+        from anomaly_ae.data import load_site_pool
+
+        pool = load_site_pool(site, tuple(detector_model.detector["decode_size"]),
+                              0.05 if site_max_spill_fraction is None else site_max_spill_fraction,
+                              0.05 if site_delta is None else site_delta, site_known_spills)
+        detector_model.calibrate_on_site(pool)
+        recalibrated_on = {"crops": len(pool), "delta": pool.delta, "max_spill_fraction": pool.max_spill_fraction}
+    detector = detector_model.detector
+    frame = score_folder(loaded, images, tuple(detector["decode_size"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    check = detector_model.drift(frame["score"].to_numpy(), site_max_spill_fraction, alarm_level)
+    client = MlflowClient(tracking_uri)
+    version = (client.get_model_version(model_name, model) if model.isdigit()
+               else client.get_model_version_by_alias(model_name, model))
+    log_prediction(tracking_uri, version, f"predict·{images.name}·{time.strftime('%Y-%m-%d %H:%M')}",
+                   params={"images": str(images.resolve()), "threshold": detector["threshold"],
+                           "policy": detector["policy"], "calibration": detector["calibration"]["source"]},
+                   metrics={k: float(v) for k, v in check.items()},
+                   tags={"drift_alarm": int(check["alarm"]), "score_shift": int(check["shifted"])})
+    return Prediction(frame, detector, check, recalibrated_on)

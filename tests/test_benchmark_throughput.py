@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 import run_search
-from analysis.benchmark_throughput import COLUMNS
+from benchmarks.throughput import COLUMNS
 
 
 def test_benchmark_writes_the_epochs_side_by_side(tiny_data_dir, tmp_path, capsys):

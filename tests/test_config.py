@@ -121,11 +121,15 @@ def test_quick_space_budget_is_in_samples():
     assert steps_given["steps_per_epoch"] == 3 and steps_given["samples_per_epoch"] == 0
 
 
-def test_cli_policy_choices_are_the_threshold_policies():
-    import run_search
+def test_the_parsers_literal_choices_are_the_librarys():
+    import cli_parser
+    from anomaly_ae.scores import SCORE_TYPES
     from anomaly_ae.thresholds import THRESHOLD_POLICIES
+    from benchmarks.calibrate import CALIBRATION_CONFIGS
 
-    assert run_search.POLICY_CHOICES == list(THRESHOLD_POLICIES)
+    assert cli_parser.POLICY_CHOICES == list(THRESHOLD_POLICIES)
+    assert cli_parser.SCORE_TYPES == list(SCORE_TYPES)
+    assert cli_parser.CALIBRATION_CONFIGS == list(CALIBRATION_CONFIGS)
 
 
 def test_warm_start_replay_keeps_fitting_trials_and_counts_the_rest():

@@ -6,9 +6,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import run_search
-from analysis.promote import best_config, evaluate_once, promote, champion_rank
+from sweeps.promote import best_config, evaluate_once, promote, champion_rank
 from analysis.report import analyze
-from analysis.sweep_runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
+from sweeps.runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.evaluation import operating_report
 
 pytestmark = pytest.mark.integration
@@ -68,9 +68,11 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert "fixed on validation normals" in champion.description and "fixed on the site pool" in champion.description
 
     # best_config.yaml round-trips through `search --config`.
-    args = run_search.build_parser().parse_args(["search", "--config", str(config_out)])
-    checked = run_search.validate_search_args(args)
-    assert checked["config"] == {**checked["config"], **yaml.safe_load(config_out.read_text())}
+    from cli_parser import build_parser
+    from sweeps.spec import SweepSpec
+
+    config = SweepSpec.from_namespace(build_parser().parse_args(["search", "--config", str(config_out)])).trial_config()
+    assert config == {**config, **yaml.safe_load(config_out.read_text())}
     assert "baseline" not in yaml.safe_load(config_out.read_text())
 
     # A worse candidate does not replace the champion without --force.
@@ -177,7 +179,7 @@ def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep,
 
 
 def test_promote_ships_the_ensemble_only_when_validation_prefers_it():
-    from analysis.promote import Candidate, choose_shipped
+    from sweeps.promote import Candidate, choose_shipped
 
     single = Candidate("promoted", "a", "r1", None, {}, val_objective=0.90)
     tied = Candidate("ensemble", "a+b", "r1,r2", None, {}, val_objective=0.90)

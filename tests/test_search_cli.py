@@ -101,7 +101,7 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     """What a user sees in the UI, read through MlflowClient: names, statuses, the parent's summary."""
     from mlflow.tracking import MlflowClient
 
-    from analysis.sweep_runs import find_parent_run, sweep_frame
+    from sweeps.runs import find_parent_run, sweep_frame
 
     client = MlflowClient(tiny_sweep.uri)
     parent = find_parent_run(client, "itest")

@@ -102,7 +102,7 @@ def test_references_score_on_the_sweep_splits(tiny_splits):
 def test_benchmark_holds_every_sweep_to_the_best_baseline_of_any_sweep():
     import pandas as pd
 
-    from analysis.benchmark_search import add_verdicts, anytime_curve
+    from benchmarks.search import add_verdicts, anytime_curve
 
     # Sweep 0's budget ended before its slowest baseline finished (0.448); sweep 1's did not (0.870).
     table = pd.DataFrame({"best_searched": [0.90, 0.99, math.nan], "best_baseline": [0.448, 0.870, 0.2],

@@ -2,7 +2,7 @@
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from trainables.sweep import EnqueuedRunToEnd, startup_trials
+from sweeps.tuning import EnqueuedRunToEnd, startup_trials
 
 
 def test_asha_never_stops_an_enqueued_trial_but_stops_a_searched_one():
@@ -24,7 +24,7 @@ def test_only_a_trial_asha_stopped_is_closed_as_stopped(tmp_path):
     from mlflow.tracking import MlflowClient
 
     from anomaly_ae.tracking import SweepRun, TrialRun
-    from trainables.sweep import SweepProgress
+    from sweeps.tuning import SweepProgress
 
     sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "wiring", {"space": "quick"}, grace_s=5)
     progress = SweepProgress(2, tracking=sweep.tracking, quiet=True)
@@ -60,7 +60,7 @@ def test_leaderboard_skips_a_trial_the_time_budget_never_started():
 
     import pandas as pd
 
-    from analysis.leaderboard import results_frame
+    from sweeps.leaderboard import results_frame
 
     started = SimpleNamespace(config={"variant": "pca_ae", "pca_ae.n_components": 8, "score": "mse"},
                               metrics_dataframe=pd.DataFrame({"objective": [0.9], "score": ["topk"]}),

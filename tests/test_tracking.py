@@ -13,7 +13,7 @@ from anomaly_ae.checkpoints import MODEL_FILE
 from anomaly_ae.tracking import (
     SHARED_VIEW_TAG, RetryingWriter, SweepRun, TrackingUnavailable, TrialRun, metric_key, runs_page, trial_run_name,
 )
-from trainables.sweep import CheckpointRetention
+from sweeps.tuning import CheckpointRetention
 
 
 class Clock:

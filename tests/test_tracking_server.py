@@ -80,7 +80,7 @@ def test_a_restored_searcher_fails_orphans_and_tolerates_trials_the_database_fin
     """Ray snapshots the searcher every few seconds; the database study runs ahead of the snapshot."""
     from types import SimpleNamespace
 
-    from trainables.sweep import WarmStartedOptunaSearch, make_searcher
+    from sweeps.tuning import WarmStartedOptunaSearch, make_searcher
 
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = SimpleNamespace(sampler="tpe", seed=0, max_concurrent=1, num_samples=4)
@@ -112,7 +112,7 @@ def test_the_load_test_counts_a_lost_and_a_duplicated_write(tmp_path):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from analysis.benchmark_tracking import count_arrivals, metric_names
+    from benchmarks.tracking import count_arrivals, metric_names
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = client.create_run(client.create_experiment("e", artifact_location=str(tmp_path / "a"))).info.run_id

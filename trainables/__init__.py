@@ -1,1 +1,1 @@
-"""Ray Tune trainables and the sweep driver."""
+"""The Ray Tune trainable: a plain function of a config dict."""

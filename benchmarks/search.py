@@ -14,13 +14,32 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.sweep_runs import find_parent_run, reference_frame, sweep_frame
 from anomaly_ae.baselines import is_seed_baseline
+from sweeps.runs import find_parent_run, reference_frame, sweep_frame
+
+
+@dataclass(frozen=True)
+class SearchBenchmark:
+    """K sweeps per sampler at one wall-clock budget each, and where they are recorded."""
+
+    data: Path
+    budget_s: float | None
+    tracking_uri: str
+    storage_path: str
+    log_dir: str
+    repeats: int = 5
+    space: str = "quick"
+    samplers: tuple[str, ...] = ("tpe", "random")
+    max_concurrent: int = 2
+    objective: str | None = None
+    prefix: str = "benchmark-search"
+    plot_out: Path | None = None
 
 
 def anytime_curve(frame: pd.DataFrame, start_ms: int) -> tuple[list[float], list[float]]:
@@ -66,22 +85,22 @@ def add_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(baseline_bar=bar_baseline, beat_all=table["best_searched"].fillna(-math.inf) > bars)
 
 
-def run_one(args, sampler: str, seed: int, experiment: str, log) -> int:
+def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str, log) -> int:
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_search.py"), "search",
-           "--data", str(args.data), "--space", args.space, "--time-budget-s", str(args.budget_s),
-           "--num-samples", "100000", "--max-concurrent", str(args.max_concurrent), "--seed", str(seed),
+           "--data", str(bench.data), "--space", bench.space, "--time-budget-s", str(bench.budget_s),
+           "--num-samples", "100000", "--max-concurrent", str(bench.max_concurrent), "--seed", str(seed),
            "--sampler", sampler, "--no-warm-start", "--experiment", experiment,
-           "--tracking-uri", args.tracking_uri, "--storage-path", args.storage_path,
-           *(["--objective", args.objective] if args.objective else [])]
+           "--tracking-uri", bench.tracking_uri, "--storage-path", bench.storage_path,
+           *(["--objective", bench.objective] if bench.objective else [])]
     tick = time.perf_counter()
-    with open(Path(args.log_dir) / f"{experiment}.out", "w") as out:
+    with open(Path(bench.log_dir) / f"{experiment}.out", "w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
     log(f"  {experiment}: exit {code} in {time.perf_counter() - tick:.0f}s")
     return code
 
 
 def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_name: str) -> dict:
-    from analysis.promote import promote
+    from sweeps.promote import promote
     from anomaly_ae.evaluation import operating_report
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,31 +112,31 @@ def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_n
             "val_threshold_test_tpr": r["tpr"], "val_threshold_test_tnr": r["tnr"]}
 
 
-def benchmark_search(args, log=print) -> pd.DataFrame:
+def benchmark_search(bench: SearchBenchmark, log=print) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(args.tracking_uri)
-    Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(bench.tracking_uri)
+    Path(bench.log_dir).mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     experiments = []
-    for seed in range(args.repeats):
-        for sampler in args.samplers:
-            experiment = f"{args.prefix}-{stamp}-{sampler}-{seed}"
-            if run_one(args, sampler, seed, experiment, log) != 0:
-                log(f"  {experiment} failed; see {Path(args.log_dir) / (experiment + '.out')}")
+    for seed in range(bench.repeats):
+        for sampler in bench.samplers:
+            experiment = f"{bench.prefix}-{stamp}-{sampler}-{seed}"
+            if run_one(bench, sampler, seed, experiment, log) != 0:
+                log(f"  {experiment} failed; see {Path(bench.log_dir) / (experiment + '.out')}")
                 continue
             experiments.append(experiment)
-    return summarize(client, args, experiments, stamp, log)
+    return summarize(client, bench, experiments, stamp, log)
 
 
-def summarize(client, args, experiments: list[str], stamp: str, log=print) -> pd.DataFrame:
+def summarize(client, bench: SearchBenchmark, experiments: list[str], stamp: str, log=print) -> pd.DataFrame:
     """One row per sweep (read from MLflow), its best searched trial tested once, the summary run logged."""
     rows = []
     for experiment in experiments:
         row = sweep_summary(client, experiment)
         if row.get("best_trial"):
-            row.update(test_figures(client, args.tracking_uri, experiment, row["best_trial"],
-                                    f"{args.prefix}-{row['sampler']}"))
+            row.update(test_figures(client, bench.tracking_uri, experiment, row["best_trial"],
+                                    f"{bench.prefix}-{row['sampler']}"))
         rows.append(row)
         log(f"    {row['sampler']} seed {row['seed']}: {row['trials']} trials, best searched {row['best_searched']:.4f} "
             f"({row.get('best_variant', '-')}/{row.get('best_score', '-')}), best baseline in budget "
@@ -126,7 +145,7 @@ def summarize(client, args, experiments: list[str], stamp: str, log=print) -> pd
     table = pd.DataFrame(rows)
     if not table.empty:
         table = add_verdicts(table)
-        log_summary(client, args, table, stamp)
+        log_summary(client, bench, table, stamp)
     return table
 
 
@@ -140,7 +159,7 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
+def log_summary(client, bench: SearchBenchmark, table: pd.DataFrame, stamp: str) -> None:
     from analysis import plots
     from anomaly_ae.tracking import log_summary_run
 
@@ -156,13 +175,13 @@ def log_summary(client, args, table: pd.DataFrame, stamp: str) -> None:
                         f"{sampler}_median_test_tnr": group["test_tnr"].median()})
     with tempfile.TemporaryDirectory() as tmp:
         table.drop(columns=["curve"]).to_csv(Path(tmp) / "benchmark.csv", index=False)
-        budget = f"{args.budget_s:.0f} s per sweep, " if args.budget_s else ""
+        budget = f"{bench.budget_s:.0f} s per sweep, " if bench.budget_s else ""
         plots.anytime_curves(curves, lines, Path(tmp) / "anytime.png",
                              f"best-so-far, {budget}{len(table) // max(1, table['sampler'].nunique())} repeats")
         (Path(tmp) / "summary.txt").write_text("\n".join(summary_lines(table)) + "\n")
-        params = {"budget_s": args.budget_s, "sweeps": len(table), "space": args.space, "data": str(args.data),
-                  "objective": args.objective or "default", "experiments": ",".join(table["experiment"])}
-        log_summary_run(args.tracking_uri, args.prefix, f"benchmark-search-{stamp}", params, metrics, tmp)
-        if args.plot_out:
-            Path(args.plot_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.plot_out).write_bytes((Path(tmp) / "anytime.png").read_bytes())
+        params = {"budget_s": bench.budget_s, "sweeps": len(table), "space": bench.space, "data": str(bench.data),
+                  "objective": bench.objective or "default", "experiments": ",".join(table["experiment"])}
+        log_summary_run(bench.tracking_uri, bench.prefix, f"benchmark-search-{stamp}", params, metrics, tmp)
+        if bench.plot_out:
+            Path(bench.plot_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(bench.plot_out).write_bytes((Path(tmp) / "anytime.png").read_bytes())

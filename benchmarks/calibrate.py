@@ -1,7 +1,7 @@
 """Calibrate the default dataset: train named configs without Ray, then test once.
 
-    python -m analysis.calibrate --data data/default --configs seed000 strong
-    python -m analysis.calibrate --data data/default --configs pca32 strong --epochs 3 --invariance
+    python run_search.py calibrate --data data/default --configs seed000 strong
+    python run_search.py calibrate --data data/default --configs pca32 strong --epochs 3 --invariance
 
 For each config: train on the train split, fix the threshold on validation with
 the config's policy (tnr_target for both here) and, with a site pool, on the pool
@@ -11,15 +11,12 @@ config once as it is and once with each invariance option of the search space.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
 
 from anomaly_ae.baselines import SEED_BASELINES
 from anomaly_ae.config import validate_config
-from anomaly_ae.scores import SCORE_TYPES
 from anomaly_ae.data import load_proliv, make_splits
 from anomaly_ae.evaluation import test_report
 from anomaly_ae.validation import train_and_validate
@@ -82,27 +79,13 @@ def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=())
     return rows
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/default")
-    p.add_argument("--configs", nargs="+", default=list(CALIBRATION_CONFIGS), choices=list(CALIBRATION_CONFIGS))
-    p.add_argument("--epochs", type=int, default=None, help="override every config's epochs")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--also-scores", nargs="*", default=[], choices=list(SCORE_TYPES),
-                   help="also report these scores of the same trained model")
-    p.add_argument("--invariance", action="store_true",
-                   help="train each config as it is and with each invariance option alone (INVARIANCE_OPTIONS)")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    splits = make_splits(load_proliv(args.data))
-    options = INVARIANCE_OPTIONS if args.invariance else {"as is": {}}
-    for name in args.configs:
+def calibrate(data, configs, epochs: int | None = None, threads: int = 2, also_scores=(), invariance: bool = False):
+    """Train each calibration config (and, with ``invariance``, each invariance option alone); yield one row
+    per config and score."""
+    torch.set_num_threads(threads)
+    splits = make_splits(load_proliv(data))
+    options = INVARIANCE_OPTIONS if invariance else {"as is": {}}
+    for name in configs:
         for option, extra in options.items():
             label = name if option == "as is" else f"{name} + {option}"
-            for row in run_config(label, {**CALIBRATION_CONFIGS[name], **extra}, splits, args.epochs,
-                                  args.also_scores):
-                print(json.dumps(row), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+            yield from run_config(label, {**CALIBRATION_CONFIGS[name], **extra}, splits, epochs, also_scores)

@@ -222,3 +222,28 @@ def summary_lines(epochs: pd.DataFrame) -> list[str]:
                      f"{group['seed_vs_project'].median():.1f}x (min {group['seed_vs_project'].min():.1f}x), "
                      f"over {len(group)} variant x batch-size pairs")
     return lines
+
+
+def timed_variants(variants: list[str] | None) -> list[str] | None:
+    """``variants`` checked: registered, and gradient-trained (a closed-form fit has no epoch to time)."""
+    from sweeps.spec import SpecError
+
+    unknown = sorted(set(variants or []) - set(list_models()))
+    if unknown:
+        raise SpecError(f"--variants: unknown {', '.join(unknown)}; valid: {', '.join(list_models())}")
+    closed = [v for v in variants or [] if model_spec(v).closed_form]
+    if closed:
+        raise SpecError(f"--variants: {', '.join(closed)} is fitted in closed form; there is no epoch to time")
+    return variants
+
+
+def write_tables(out: Path, epochs: pd.DataFrame, options: pd.DataFrame, packing: pd.DataFrame) -> list[Path]:
+    """OUT (seconds per epoch), OUT-options and, with CUDA, OUT-gpu; returns the paths written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [out, out.with_name(out.stem + "-options.csv")]
+    epochs.to_csv(written[0], index=False)
+    options.to_csv(written[1], index=False)
+    if not packing.empty:
+        written.append(out.with_name(out.stem + "-gpu.csv"))
+        packing.to_csv(written[2], index=False)
+    return written

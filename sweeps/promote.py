@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
-from analysis.sweep_runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
+from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.baselines import SEED_BASELINES
 from anomaly_ae.evaluation import operating_report, report_at_policies, site_calibration, test_report
 from anomaly_ae.checkpoints import checkpoint_payload, load_trained

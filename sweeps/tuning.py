@@ -1,4 +1,5 @@
-"""Wire the trainable into Ray Tune: OptunaSearch (TPE), ASHA, a concurrency limit."""
+"""The Ray Tune parts of a sweep: the searcher (OptunaSearch, TPE), the scheduler (ASHA), the callbacks
+(progress, checkpoint retention), and the Tuner that puts them together. Driven by sweeps.sweep.Sweep."""
 from __future__ import annotations
 
 import inspect
@@ -15,7 +16,6 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from anomaly_ae.baselines import is_seed_baseline
-from search_spaces import get_space
 from anomaly_ae.checkpoints import MODEL_FILE
 from anomaly_ae.tracking import SweepRun, Tracking
 from trainables.autoencoder import train_autoencoder
@@ -219,10 +219,10 @@ def _error_text(trial) -> str:
     return lines[-1].strip() if lines else "the trial's worker died (node lost?)"
 
 
-def init_ray(args) -> None:
+def init_ray(spec) -> None:
     if ray.is_initialized():
         return
-    if args.address:
+    if spec.address:
         import anomaly_ae
         import search_spaces
         import trainables
@@ -231,24 +231,24 @@ def init_ray(args) -> None:
         # (torch, ray, mlflow ...) installed, not a checkout of this repository.
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         try:
-            ray.init(address=args.address, log_to_driver=False, configure_logging=False,
+            ray.init(address=spec.address, log_to_driver=False, configure_logging=False,
                      runtime_env={"py_modules": [anomaly_ae, search_spaces, trainables], "env_vars": env})
         except ConnectionError as err:
             # Ray 2.59+ clusters use token auth, and an explicit address never turns it on by itself.
             hint = "" if os.environ.get("RAY_AUTH_MODE") else (
                 " If the cluster uses token authentication (the default since Ray 2.59), set RAY_AUTH_MODE=token"
                 " and make the cluster's token available (RAY_AUTH_TOKEN or ~/.ray/auth_token).")
-            raise ConnectionError(f"--address {args.address}: {err}.{hint}") from err
+            raise ConnectionError(f"--address {spec.address}: {err}.{hint}") from err
     else:
         # address="local": without --address the sweep starts its own Ray, even where a `ray start`
         # cluster runs (or ran) on this machine; ray.init() would otherwise join that one.
-        ray.init(address="local", num_cpus=max(2, int(args.cpus_per_trial * args.max_concurrent)),
+        ray.init(address="local", num_cpus=max(2, int(spec.cpus_per_trial * spec.max_concurrent)),
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def make_trainable(args, splits, tracking):
+def make_trainable(spec, splits, tracking):
     trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
-    return tune.with_resources(trainable, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    return tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
 
 def startup_trials(n_points: int, max_concurrent: int) -> int:
@@ -261,19 +261,19 @@ def startup_trials(n_points: int, max_concurrent: int) -> int:
     return max(2, n_points - max_concurrent + 1) if n_points else 10
 
 
-def make_searcher(args, space, points: list[dict], warm_trials=(), study=None):
+def make_searcher(spec, space, points: list[dict], warm_trials=(), study=None):
     """TPE (or random) behind Ray's OptunaSearch. ``study``: (storage, name) of a database study, else
     the study lives in the driver's memory and Ray's experiment state."""
-    points = points[:args.num_samples]  # points past the budget would wait in the study, never run
-    if args.sampler == "random":
-        sampler = RandomSampler(seed=args.seed)
+    points = points[:spec.num_samples]  # points past the budget would wait in the study, never run
+    if spec.sampler == "random":
+        sampler = RandomSampler(seed=spec.seed)
     else:
         # group=True: the space is conditional (each variant has its own parameters), and grouped
         # multivariate TPE models each branch's parameters jointly instead of only those common to
         # every trial, which is all Optuna 5's default multivariate TPE sees here.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-            sampler = TPESampler(seed=args.seed, n_startup_trials=startup_trials(len(points), args.max_concurrent),
+            sampler = TPESampler(seed=spec.seed, n_startup_trials=startup_trials(len(points), spec.max_concurrent),
                                  multivariate=True, group=True)
     storage, name = study or (None, None)
     return WarmStartedOptunaSearch(space=space, metric="objective", mode="max", sampler=sampler,
@@ -299,46 +299,45 @@ class EnqueuedRunToEnd(ASHAScheduler):
         return decision
 
 
-def make_scheduler(args, epochs: int):
-    if args.scheduler == "fifo":
+def make_scheduler(spec, epochs: int):
+    if spec.scheduler == "fifo":
         return FIFOScheduler()  # every trial runs its whole budget: what the rung-fidelity measurement needs
     return EnqueuedRunToEnd(time_attr="epoch", metric="objective", mode="max", max_t=epochs,
-                            grace_period=min(args.grace_period, epochs), reduction_factor=2)
+                            grace_period=min(spec.grace_period, epochs), reduction_factor=2)
 
 
-def run_sweep(args, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),
+def run_sweep(spec, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),
               references: dict[str, float] | None = None, study=None):
     """Run the sweep; returns Ray's ResultGrid."""
-    init_ray(args)
-    space = get_space(args.space, perceptual, args.epochs, args.steps_per_epoch, args.samples_per_epoch,
-                      args.score_selection, args.objective)
+    init_ray(spec)
+    space = spec.search_space(perceptual)
     epochs = space.keywords.get("epochs") or inspect.signature(space.func).parameters["epochs"].default
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.
     tuner = tune.Tuner(
-        make_trainable(args, splits, tracking),
+        make_trainable(spec, splits, tracking),
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(make_searcher(args, space, points, warm_trials, study), args.max_concurrent),
-            scheduler=make_scheduler(args, epochs), num_samples=args.num_samples, time_budget_s=args.time_budget_s,
+            search_alg=ConcurrencyLimiter(make_searcher(spec, space, points, warm_trials, study), spec.max_concurrent),
+            scheduler=make_scheduler(spec, epochs), num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
         ),
         run_config=RunConfig(
-            name=args.experiment or f"proliv-{args.space}", storage_path=args.storage_path, verbose=0,
-            callbacks=[SweepProgress(args.num_samples, references, tracking),
-                       CheckpointRetention(args.keep_checkpoints, tracking)],
+            name=spec.experiment_name, storage_path=spec.storage_path, verbose=0,
+            callbacks=[SweepProgress(spec.num_samples, references, tracking),
+                       CheckpointRetention(spec.keep_checkpoints, tracking)],
             # The latest checkpoint only: what a retry or --resume needs. MLflow keeps the best epoch.
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             # A trial on a lost node (or one that failed) restarts from its last checkpoint elsewhere.
-            failure_config=FailureConfig(max_failures=args.max_failures),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
         ),
     )
     return tuner.fit()
 
 
-def resume_sweep(args, splits, tracking, path: str):
+def resume_sweep(spec, splits, tracking, path: str):
     """Continue an interrupted sweep from Ray's experiment state: finished trials are kept,
     unfinished ones restart from their last checkpoint, the Optuna searcher goes on."""
-    init_ray(args)
-    tuner = tune.Tuner.restore(path, trainable=make_trainable(args, splits, tracking), resume_unfinished=True)
+    init_ray(spec)
+    tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, splits, tracking), resume_unfinished=True)
     return tuner.fit()
 
 

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from analysis.sweep_runs import trial_row
+from sweeps.runs import trial_row
 from anomaly_ae.baselines import is_seed_baseline, match_baseline
 from anomaly_ae.config import validate_config
 from anomaly_ae.selection import tie_break

@@ -1,0 +1,300 @@
+"""A sweep's life, in one object: ``Sweep.create(spec)`` or ``Sweep.resume(spec)``, then ``run()``.
+
+create: validate the spec, load the data and its splits, enqueue the seed baselines and start
+points, gather warm-start trials, open the parent run (and the Optuna study), score the references.
+run: the Ray Tune fit, progress lines, closing the runs, and the result frame (``SweepOutcome``).
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from sweeps.spec import DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, ensure_dataset
+
+LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished (or interrupted) sweep leaves: its trials ranked, the references, where to look."""
+
+    experiment: str
+    parent_run_id: str
+    interrupted: bool
+    trials_recorded: int
+    runs_closed: int
+    frame: pd.DataFrame | None = None
+    references: pd.DataFrame | None = None
+    runs_page: str = ""
+    log_path: Path | None = None
+
+
+def route_library_logs(path: Path) -> Path:
+    """Send Ray's, MLflow's, Optuna's and Alembic's log lines to ``path`` instead of the terminal.
+
+    Their notices (token auth, database creation, "new study") are for debugging, not progress.
+    Each library installs its own handler when first imported, so they are imported first.
+    """
+    import mlflow  # noqa: F401
+    import optuna
+    import ray  # noqa: F401
+
+    optuna.logging.disable_default_handler()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # On the root logger: ray.init() empties the "ray" logger's own handlers.
+    logging.getLogger().addHandler(handler)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = True
+        logger.setLevel(logging.INFO)
+    return path
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def find_perceptual(log=print) -> bool:
+    from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights
+
+    try:
+        find_perceptual_weights("alexnet")
+        return True
+    except PerceptualWeightsMissing:
+        log("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
+            "baseline are left out (seed004_denoise runs instead); see README, 'Seed baselines'.")
+        return False
+
+
+def resolve_objective(spec: SweepSpec, site) -> SweepSpec:
+    """The objective, once the data shows whether there is a site pool; the site objective needs one,
+    and one large enough for the site rule."""
+    from anomaly_ae.thresholds import min_site_pool_size
+
+    if spec.objective is None:
+        spec = spec.replace(objective=DEFAULT_OBJECTIVE_WITH_SITE if site is not None else DEFAULT_OBJECTIVE)
+    if site is None:
+        if spec.objective == "site":
+            raise SpecError("--objective site: there is no site pool (give --site DIR, or put crops in DATA/site/)")
+        return spec
+    need = min_site_pool_size(spec.tnr_target, site.max_spill_fraction, site.delta)
+    if len(site) < need:
+        raise SpecError(f"--site: {site.root} holds {len(site)} crops; the site threshold needs at least {need} "
+                        f"for TNR >= {spec.tnr_target} with probability {1 - site.delta:g} at a spill bound of "
+                        f"{site.max_spill_fraction:g}")
+    return spec
+
+
+class Sweep:
+    """One sweep: its spec, its splits, its parent run, and how to fit it."""
+
+    def __init__(self, spec: SweepSpec, run, splits, fit: Callable | None, log: Callable = print):
+        self.spec, self.run_record, self.splits, self._fit, self.log = spec, run, splits, fit, log
+        self.references: dict[str, float] = {}
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.run_record.run_id
+
+    # ------------------------------------------------------------- create
+
+    @classmethod
+    def create(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
+        """Validate, load the data, enqueue the fixed trials, open the parent run, score the references."""
+        from anomaly_ae.data import load_proliv, make_splits
+        from anomaly_ae.tracking import SweepRun
+
+        spec.validate()
+        trial_config = spec.trial_config()
+        study_storage = open_study(spec)
+        data_dir = ensure_dataset(spec.data, spec.scale, log)
+        tick = time.perf_counter()
+        data = load_proliv(data_dir, site=spec.site, site_max_spill_fraction=spec.site_bound,
+                           site_delta=spec.site_risk, site_known_spills=spec.site_known_spills)
+        splits = make_splits(data, spec.val_fraction, spec.val_spill_fraction, seed=0)
+        site_note = f", {len(data.site)} site crops from {data.site.root}" if data.site is not None else ", no site pool"
+        log(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
+            f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)")
+        spec = resolve_objective(spec, data.site)
+        perceptual = find_perceptual(log)
+        points = enqueued_points(spec, trial_config, perceptual)
+        tags = {
+            "space": spec.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
+            "git_commit": git_commit(), "command": " ".join(shlex.quote(a) for a in sys.argv),
+            "num_samples": str(spec.num_samples), "perceptual": str(int(perceptual)),
+            "tnr_target": str(spec.tnr_target), "n_val_normal": str(len(splits.val_normal)),
+            "n_val_spill": str(len(splits.val_spill)), "val_normal_fraction": str(spec.val_fraction),
+            "val_spill_fraction": str(spec.val_spill_fraction), "split_seed": "0",
+            "ray_experiment_path": spec.experiment_path, "objective": spec.objective,
+            "score_selection": spec.score_selection, "sampler": spec.sampler, "scheduler": spec.scheduler,
+            "seed": str(spec.seed), "grace_period": str(spec.grace_period), "labelled_hash": data.labelled_hash,
+            **(data.site.describe() if data.site is not None else {}),
+        }
+        warm_trials = gather_warm_start(spec, tags, perceptual, log)
+        run = SweepRun.create(spec.tracking_uri, spec.experiment_name, tags)
+        study = claim_study(spec, study_storage, run, log)
+        sweep = cls(spec, run, splits, fit=None, log=log)
+        if not spec.no_references:
+            sweep.references = score_references(run, splits, spec, log)
+
+        def fit():
+            from sweeps.tuning import run_sweep
+
+            return run_sweep(spec, splits, run.tracking, points, perceptual, warm_trials, sweep.references, study)
+
+        sweep._fit = fit
+        return sweep
+
+    # ------------------------------------------------------------- resume
+
+    @classmethod
+    def resume(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
+        """Reopen the interrupted sweep's parent run; its dataset must be unchanged."""
+        from mlflow.tracking import MlflowClient
+        from ray import tune
+
+        from anomaly_ae.tracking import SweepRun
+        from sweeps.runs import find_parent_run, load_sweep_data
+        from sweeps.tuning import resume_sweep
+
+        spec.validate()
+        if not tune.Tuner.can_restore(spec.experiment_path):
+            raise SpecError(f"--resume: no Ray experiment state at {spec.experiment_path} "
+                            f"(check --storage-path and --experiment)")
+        parent = find_parent_run(MlflowClient(spec.tracking_uri), spec.experiment_name)
+        tags = parent.data.tags
+        spec = spec.replace(space=tags.get("space", spec.space),
+                            num_samples=int(tags.get("num_samples", spec.num_samples)),
+                            objective=tags.get("objective", DEFAULT_OBJECTIVE))
+        _, splits = load_sweep_data(parent, spec.data)
+        # Runs the interruption cut off are marked KILLED; a resumed trial reopens its own run.
+        run, closed = SweepRun.reopen(spec.tracking_uri, parent)
+        study = tags.get("optuna_study")
+        log(f"resuming sweep {spec.experiment_name!r} (parent run {parent.info.run_id}); {closed} interrupted "
+            f"run(s) marked KILLED" + (f"; optuna study {study!r} in {tags['optuna_storage']} continues"
+                                       if study else ""))
+        return cls(spec, run, splits, lambda: resume_sweep(spec, splits, run.tracking, spec.experiment_path), log)
+
+    # ------------------------------------------------------------- run
+
+    def run(self) -> SweepOutcome:
+        """Fit; close the runs; rank the trials. An interrupted fit leaves the sweep resumable."""
+        from sweeps.leaderboard import leaderboard_rows, results_frame, summary_metrics
+        from sweeps.runs import reference_frame
+        from sweeps.tuning import was_interrupted
+
+        spec, run = self.spec, self.run_record
+        try:
+            results = self._fit()
+        except BaseException as exc:
+            run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        outcome = SweepOutcome(spec.experiment_name, run.run_id, False, len(results), 0, runs_page=run.runs_page)
+        if was_interrupted(results, spec.num_samples, spec.time_budget_s):
+            outcome.interrupted, outcome.runs_closed = True, run.end("KILLED")
+            return outcome
+        frame = results_frame(results)
+        references = reference_frame(run.client, run.client.get_run(run.run_id))
+        run.summarise(leaderboard_rows(frame, len(frame), references), summary_metrics(frame))
+        # Trials the time budget cut off ran as told: they end FINISHED, like those ASHA stopped.
+        outcome.runs_closed = run.end("FINISHED", "FINISHED", "time_budget" if spec.time_budget_s else "sweep_end")
+        outcome.frame, outcome.references = frame, references
+        return outcome
+
+
+# ----------------------------------------------------------------- the parts create() puts together
+
+def enqueued_points(spec: SweepSpec, trial_config: dict | None, perceptual: bool) -> list[dict]:
+    """The trials every sweep runs first: a ``--config`` file, the PCA start point, the seed baselines."""
+    from search_spaces import baseline_point, baseline_points
+
+    points = [] if trial_config is None else [baseline_point(trial_config, perceptual)]
+    if not spec.no_baselines and spec.space != "seeds":
+        points += baseline_points(perceptual)
+    return points
+
+
+def open_study(spec: SweepSpec):
+    """The ``--optuna-storage`` database, reachable and ready, or None."""
+    if not spec.optuna_storage:
+        return None
+    from anomaly_ae.study_storage import StudyStorageError, open_study_storage
+
+    try:
+        return open_study_storage(spec.optuna_storage)
+    except StudyStorageError as exc:
+        raise SpecError(str(exc)) from exc
+
+
+def claim_study(spec: SweepSpec, storage, run, log) -> tuple | None:
+    """The sweep's study name in ``storage``, claimed (a taken name is refused); recorded on the parent run."""
+    if storage is None:
+        return None
+    from anomaly_ae.study_storage import StudyStorageError, claim_study_name, sweep_study_name
+    from anomaly_ae.tracking_server import redact
+
+    try:
+        name = claim_study_name(storage, sweep_study_name(spec.experiment_name, run.run_id))
+    except StudyStorageError as exc:
+        run.end("FAILED")
+        raise SpecError(str(exc)) from exc
+    run.client.set_tag(run.run_id, "optuna_study", name)
+    run.client.set_tag(run.run_id, "optuna_storage", redact(spec.optuna_storage))
+    log(f"optuna study {name!r} in {redact(spec.optuna_storage)} (optuna-dashboard "
+        f"{redact(spec.optuna_storage)} shows it)")
+    return storage, name
+
+
+def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
+    """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
+    from anomaly_ae.references import fit_references
+
+    refs = fit_references(splits, spec.tnr_target, spec.objective)
+    for ref in refs:
+        metrics = {"objective": ref.objective, "best_objective": ref.objective, "val_auroc": ref.metrics["auroc"],
+                   "val_pauroc": ref.metrics["pauroc"], "tpr_at_tnr": ref.metrics["tpr_at_tnr"],
+                   "threshold": ref.metrics["threshold"], "fit_seconds": ref.fit_seconds}
+        if "tpr_at_tnr_shift" in ref.metrics:
+            metrics["objective_shift"] = ref.metrics["tpr_at_tnr_shift"]
+        if "tpr_at_site" in ref.metrics:
+            metrics.update(objective_site=ref.metrics["tpr_at_site"], site_margin=ref.metrics["site_margin"])
+        metrics.update(objective_clean=ref.metrics["tpr_at_tnr"], val_margin=ref.metrics["val_margin"])
+        run.log_reference(ref.name, ref.description, metrics)
+    log("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs))
+    return {r.name: r.objective for r in refs}
+
+
+def gather_warm_start(spec: SweepSpec, tags: dict, perceptual: bool, log) -> list:
+    """Finished trials of earlier sweeps that fit this sweep's space, as Optuna trials."""
+    if spec.no_warm_start:
+        return []
+    from mlflow.tracking import MlflowClient
+
+    from search_spaces import frozen_trials
+    from sweeps.runs import earlier_observations
+
+    experiments = spec.warm_start.split(",") if spec.warm_start else None
+    observations, sweeps = earlier_observations(MlflowClient(spec.tracking_uri), tags, experiments)
+    if not observations:
+        if experiments:
+            log(f"warm start: no finished trials in {', '.join(experiments)} on this dataset")
+        return []
+    trials, skipped = frozen_trials(spec.search_space(perceptual), observations)
+    log(f"warm start: {len(trials)} trials from {sweeps} earlier sweep(s)"
+        + (f"; {skipped} skipped (no longer fit the space)" if skipped else ""))
+    return trials
