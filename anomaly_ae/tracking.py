@@ -221,9 +221,11 @@ def _metrics(values: dict, step: int, now_ms: int | None = None) -> list:
 # experiment tag, opened by ?viewStateShareKey=<key>; ?workflowType=machine_learning opens the page
 # as model training (MLflow 3 opens GenAI otherwise). Both checked in Chromium (tests/test_mlflow_ui.py).
 SHARED_VIEW_TAG = "mlflow.sharedViewState."
-COLUMNS = ("metrics.`objective`", "metrics.`val/objective_clean`", "metrics.`val/objective_site`",
-           "metrics.`val_auroc`", "metrics.`train_loss`", "tags.`variant`", "tags.`score`",
-           "tags.`baseline`", "tags.`stopped_by`", "metrics.`trial/epoch`")
+# best_objective is the objective at the trial's best epoch, what the leaderboard and promote rank by
+# (objective is the latest epoch's).
+COLUMNS = ("metrics.`best_objective`", "metrics.`objective`", "metrics.`best/objective_clean`",
+           "metrics.`best/objective_site`", "metrics.`val_auroc`", "metrics.`train_loss`", "tags.`variant`",
+           "tags.`score`", "tags.`baseline`", "tags.`reused_from`", "tags.`stopped_by`", "metrics.`trial/epoch`")
 SECTIONS = ("Model metrics", "val", "trial")  # by_score/<score> sections follow, added by the UI
 
 
@@ -236,11 +238,11 @@ def _line_chart(metric: str, section_uuid: str) -> dict:
 
 
 def sweep_view_state(parent_run_id: str) -> dict:
-    """The runs page of one sweep: its runs sorted by objective, the telling columns, the objective's
+    """The runs page of one sweep: its runs sorted by best objective, the telling columns, the objective's
     chart section first."""
     sections = [{"uuid": f"section-{i}", "name": name, "display": True, "isReordered": True, "deleted": False,
                  "isGenerated": True} for i, name in enumerate(SECTIONS)]
-    return {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": "metrics.`objective`",
+    return {"searchFilter": f"tags.mlflow.parentRunId = '{parent_run_id}'", "orderByKey": "metrics.`best_objective`",
             "orderByAsc": False, "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
             "modelVersionFilter": "All Runs", "selectedColumns": list(COLUMNS), "runsHiddenMode": "SHOW_ALL",
             "isAccordionReordered": True, "compareRunSections": sections,
@@ -249,7 +251,7 @@ def sweep_view_state(parent_run_id: str) -> dict:
 
 def runs_page(experiment_id: str, parent_run_id: str) -> str:
     # No sort or filter in the address itself: the UI applies a shared view only to a bare address,
-    # and then writes the view's sort (orderByKey=metrics.`objective`) and filter into it.
+    # and then writes the view's sort (orderByKey=metrics.`best_objective`) and filter into it.
     return f"#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={parent_run_id}"
 
 
@@ -304,6 +306,11 @@ class TrialRun:
 
             items = [RunTag(k, str(v)) for k, v in tags.items()]
             self.writer.submit("tags", lambda c: c.log_batch(self.run_id, tags=items))
+
+    def log_dict(self, data, artifact_file: str) -> None:
+        """A small JSON artifact (the epoch reports a later sweep replays)."""
+        if self.writer is not None:
+            self.writer.submit(artifact_file, lambda c: c.log_dict(self.run_id, data, artifact_file))
 
     def log_artifacts(self, folder: str | Path) -> None:
         """Log a folder's files; copied to a local spool first, so a write that waits keeps them."""

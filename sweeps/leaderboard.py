@@ -28,7 +28,8 @@ def results_frame(results) -> pd.DataFrame:
         score = at_best.get("score", cfg["score"]) if has_history else cfg["score"]
         rows.append({
             "trial_id": last.get("trial_id", result.path.rsplit("/", 1)[-1]),
-            "baseline": match_baseline(cfg) or "", **trial_row(cfg), "score": score,
+            "baseline": match_baseline(cfg) or "", "reused_from": str(last.get("reused_from") or ""),
+            **trial_row(cfg), "score": score,
             "best_objective": best, "final_objective": last.get("objective", math.nan),
             **{key: float(at_best.get(key, math.nan)) for key in ("objective_clean", "objective_site")},
             "tie_break": tie_break({k: float(at_best.get(k, math.nan)) for k in ("site_margin", "val_margin")},
@@ -62,7 +63,12 @@ def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFram
     if "objective_lo" in shown:
         shown = shown.assign(objective_ci=[f"{lo:.3f}-{hi:.3f}" if math.isfinite(lo) else "-"
                                            for lo, hi in zip(shown["objective_lo"], shown["objective_hi"])])
-    cols = ["rank", "trial_id", "baseline", "variant", "score", "best_objective", "objective_ci", "objective_clean",
+    if "reused_from" in shown and (shown["reused_from"].fillna("") != "").any():
+        # A replayed seed baseline or start point: the run (first 8 characters) that trained it.
+        shown = shown.assign(reused_from=shown["reused_from"].fillna("").str[:8].replace("", "-"))
+    elif "reused_from" in shown:
+        shown = shown.drop(columns="reused_from")
+    cols = ["rank", "trial_id", "baseline", "reused_from", "variant", "score", "best_objective", "objective_ci", "objective_clean",
             "objective_site", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
     return shown[[c for c in cols if c in shown]]
 

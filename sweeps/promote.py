@@ -51,6 +51,7 @@ class Candidate:
     variant: str = ""
     score: str = ""
     val_objective: float = math.nan
+    reused_from: str = ""  # a replayed trial: the earlier run that trained it (and holds its weights)
 
     @classmethod
     def of_trial(cls, name: str, trial_id: str, run_id: str, payload: dict, report: dict, **kw) -> "Candidate":
@@ -192,7 +193,8 @@ def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
         r = c.report
         own = r.get("by_policy", {}).get(c.own_policy, r)
         row = {
-            "config": c.name, "trial_id": c.trial_id, "variant": c.variant, "score": c.score,
+            "config": c.name, "trial_id": c.trial_id, "reused_from": c.reused_from[:8] or "-",
+            "variant": c.variant, "score": c.score,
             "policy": r["policy"], "val_objective": c.val_objective,
             "test_tpr": r["tpr"], "tpr_ci": _ci(r["tpr_ci"]), "test_tnr": r["tnr"], "tnr_ci": _ci(r["tnr_ci"]),
             "TP": r["tp"], "FP": r["fp"], "TN": r["tn"], "FN": r["fn"], "test_auroc": r["auroc"],
@@ -416,7 +418,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             own = stated_policy(b["baseline"], b_payload["config"])
             baseline_candidates.append(Candidate.of_trial(
                 b["baseline"], b["trial_id"], b["run_id"], b_payload,
-                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"])), own_policy=own))
+                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"])), own_policy=own,
+                reused_from=b.get("reused_from", "")))
     name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
     own = stated_policy(row["baseline"], payload["config"])
     spread = {}

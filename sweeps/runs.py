@@ -87,7 +87,7 @@ def sweep_frame(client, parent) -> pd.DataFrame:
         end = run.info.end_time or run.info.start_time
         rows.append({
             "trial_id": run.data.tags["trial_id"], "run_id": run.info.run_id,
-            "baseline": run.data.tags.get("baseline", ""),
+            "baseline": run.data.tags.get("baseline", ""), "reused_from": run.data.tags.get("reused_from", ""),
             # The tag holds the score the trial was judged by (the fan-out's winner at its best epoch).
             **trial_row(cfg), "score": run.data.tags.get("score", cfg["score"]),
             "best_objective": best, "objective_lo": lo, "objective_hi": hi,
@@ -156,9 +156,13 @@ def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
 
 
 def download_checkpoint(client, run_id: str, dst: Path) -> dict:
-    """The trial's best-epoch model (weights, config, preprocessing, val scores), loaded without running code."""
-    from anomaly_ae.checkpoints import MODEL_FILE, load_checkpoint
+    """The trial's best-epoch model (weights, config, preprocessing, val scores), loaded without running code.
 
+    A trial replayed from an earlier run (tagged ``reused_from``) has its weights in that run."""
+    from anomaly_ae.checkpoints import MODEL_FILE, load_checkpoint
+    from anomaly_ae.fixed_work import REUSED_TAG
+
+    run_id = client.get_run(run_id).data.tags.get(REUSED_TAG) or run_id
     names = {a.path for a in client.list_artifacts(run_id)}
     if MODEL_FILE not in names:
         raise SweepNotFound(f"run {run_id} has no {MODEL_FILE} artifact (it ended before its first evaluation, "
@@ -224,6 +228,8 @@ def earlier_observations(client, tags: dict, experiments: list[str] | None = Non
                 run.info.status == "KILLED" and run.data.tags.get("stopped_by") == "scheduler")
             value = run.data.metrics.get("objective")
             params = run.data.tags.get("search_params")
-            if finished and params and value is not None and math.isfinite(value):
+            # A replayed trial is its earlier run again: that run counts once, in its own sweep.
+            replayed = "reused_from" in run.data.tags
+            if finished and params and value is not None and math.isfinite(value) and not replayed:
                 observations.append((json.loads(params), value))
     return observations, len(parents)

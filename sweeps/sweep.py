@@ -17,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from anomaly_ae.fixed_work import data_key
 from sweeps.spec import DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, ensure_dataset
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
@@ -155,7 +156,8 @@ class Sweep:
         def fit():
             from sweeps.tuning import run_sweep
 
-            return run_sweep(spec, splits, run.tracking, points, perceptual, warm_trials, sweep.references, study)
+            return run_sweep(spec, splits, run.tracking, data_key(tags), points, perceptual, warm_trials,
+                             sweep.references, study)
 
         sweep._fit = fit
         return sweep
@@ -188,7 +190,8 @@ class Sweep:
         log(f"resuming sweep {spec.experiment_name!r} (parent run {parent.info.run_id}); {closed} interrupted "
             f"run(s) marked KILLED" + (f"; optuna study {study!r} in {tags['optuna_storage']} continues"
                                        if study else ""))
-        return cls(spec, run, splits, lambda: resume_sweep(spec, splits, run.tracking, spec.experiment_path), log)
+        return cls(spec, run, splits,
+                   lambda: resume_sweep(spec, splits, run.tracking, data_key(tags), spec.experiment_path), log)
 
     # ------------------------------------------------------------- run
 

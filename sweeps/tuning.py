@@ -141,7 +141,7 @@ class SweepProgress(tune.Callback):
                                        for o in ("done", "stopped", "diverged", "error")}}, step=done)
         if self.quiet:
             return
-        who = f"[{baseline}]" if baseline else ""
+        who = f"[{baseline}{' reused' if r.get('reused_from') else ''}]" if baseline else ""
         standings = " ".join([f"searched {self.best_searched:.3f}", f"baseline {self.best_baseline:.3f}",
                               *(f"{k} {v:.3f}" for k, v in self.references.items())]).replace("-inf", " -  ")
         print(f"[{done:>2}/{self.total}] {trial.trial_id} {how:<8} {trial.config.get('variant', '?'):<19} "
@@ -246,8 +246,9 @@ def init_ray(spec) -> None:
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def make_trainable(spec, splits, tracking):
-    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking)
+def make_trainable(spec, splits, tracking, data_key: str | None):
+    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking, data_key=data_key,
+                                     reuse=not spec.rerun_baselines)
     return tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
 
@@ -306,7 +307,7 @@ def make_scheduler(spec, epochs: int):
                             grace_period=min(spec.grace_period, epochs), reduction_factor=2)
 
 
-def run_sweep(spec, splits, tracking, points: list[dict], perceptual: bool, warm_trials=(),
+def run_sweep(spec, splits, tracking, data_key: str, points: list[dict], perceptual: bool, warm_trials=(),
               references: dict[str, float] | None = None, study=None):
     """Run the sweep; returns Ray's ResultGrid."""
     init_ray(spec)
@@ -315,7 +316,7 @@ def run_sweep(spec, splits, tracking, points: list[dict], perceptual: bool, warm
     # metric/mode live on the searcher and scheduler only: setting them on TuneConfig as
     # well raises, and a define-by-run OptunaSearch does not pick them up from there.
     tuner = tune.Tuner(
-        make_trainable(spec, splits, tracking),
+        make_trainable(spec, splits, tracking, data_key),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(make_searcher(spec, space, points, warm_trials, study), spec.max_concurrent),
             scheduler=make_scheduler(spec, epochs), num_samples=spec.num_samples, time_budget_s=spec.time_budget_s,
@@ -333,11 +334,11 @@ def run_sweep(spec, splits, tracking, points: list[dict], perceptual: bool, warm
     return tuner.fit()
 
 
-def resume_sweep(spec, splits, tracking, path: str):
+def resume_sweep(spec, splits, tracking, data_key: str, path: str):
     """Continue an interrupted sweep from Ray's experiment state: finished trials are kept,
     unfinished ones restart from their last checkpoint, the Optuna searcher goes on."""
     init_ray(spec)
-    tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, splits, tracking), resume_unfinished=True)
+    tuner = tune.Tuner.restore(path, trainable=make_trainable(spec, splits, tracking, data_key), resume_unfinished=True)
     return tuner.fit()
 
 

@@ -76,7 +76,7 @@ def status_icon(page, run_name: str) -> str:
     return row.locator("[col-id=runDateAndNestInfo] svg").first.inner_html()
 
 
-def test_the_printed_link_opens_the_sweep_sorted_by_objective_with_honest_statuses(ui_sweep, browser):
+def test_the_printed_link_opens_the_sweep_sorted_by_best_objective_with_honest_statuses(ui_sweep, browser):
     url, client, experiment_id, parent = ui_sweep
     trials = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     trials = [r for r in trials if "trial_id" in r.data.tags]
@@ -85,19 +85,24 @@ def test_the_printed_link_opens_the_sweep_sorted_by_objective_with_honest_status
     assert stopped and ran_out, "the sweep should have trials ASHA stopped and trials that ran their budget"
     page = open_page(browser, f"{url}/{runs_page(experiment_id, parent.info.run_id)}", "mlflow_runs_page.png",
                      trials[0].info.run_name)
-    assert "orderByKey=metrics.%60objective%60" in page.url and "orderByAsc=false" in page.url
+    assert "orderByKey=metrics.%60best_objective%60" in page.url and "orderByAsc=false" in page.url
     text = page.inner_text("body")
     assert "Model training" in text and "objective" in text
     # Both objectives are columns beside the one the sweep is judged by (the tiny data has a site pool).
-    assert "val/objective_clean" in text and "val/objective_site" in text
+    assert "best/objective_clean" in text and "best/objective_site" in text
     for run in trials:  # every trial is listed by a name that starts with its variant
         assert run.info.run_name.startswith(run.data.tags["variant"])
         assert run.info.run_name[:12] in text
-    # Rows sorted by objective: the best trial comes before the worst.
-    best = max(trials, key=lambda r: r.data.metrics["objective"])
-    worst = min(trials, key=lambda r: r.data.metrics["objective"])
-    if best.data.metrics["objective"] > worst.data.metrics["objective"]:
-        assert text.index(best.info.run_name[:12]) < text.index(worst.info.run_name[:12])
+    # Rows in the leaderboard's order (best epoch's objective): its first trial comes before its last.
+    from sweeps.runs import sweep_frame
+
+    frame = sweep_frame(client, parent)
+    first, last = frame.iloc[0], frame.iloc[-1]
+    assert all(r.data.metrics["best_objective"] == b for r, b in
+               ((client.get_run(rid), b) for rid, b in zip(frame["run_id"], frame["best_objective"])))
+    if first["best_objective"] > last["best_objective"]:
+        names = {r.info.run_id: r.info.run_name for r in trials}
+        assert text.index(names[first["run_id"]][:12]) < text.index(names[last["run_id"]][:12])
     # A stopped trial shows the same status icon as one that ran its whole budget (not a red cross).
     finished_icon = status_icon(page, ran_out[0].info.run_name[:20])
     for run in stopped:

@@ -119,11 +119,13 @@ def test_a_stopped_trial_ends_finished_with_who_stopped_it(sweep):
     assert run.data.tags["stopped_at_epoch"] == "1"
 
 
-def test_the_shared_view_opens_this_sweep_sorted_by_objective(sweep):
+def test_the_shared_view_opens_this_sweep_sorted_by_best_objective(sweep):
     exp = MlflowClient(sweep.tracking.tracking_uri).get_experiment(sweep.tracking.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     state = json.loads(exp.tags[SHARED_VIEW_TAG + sweep.run_id])
-    assert state["orderByKey"] == "metrics.`objective`" and state["orderByAsc"] is False
+    # The figure the leaderboard ranks by (the best epoch's), not the last epoch's.
+    assert state["orderByKey"] == "metrics.`best_objective`" and state["orderByAsc"] is False
+    assert state["selectedColumns"][0] == "metrics.`best_objective`" and "tags.`reused_from`" in state["selectedColumns"]
     assert state["searchFilter"] == f"tags.mlflow.parentRunId = '{sweep.run_id}'"
     assert state["compareRunSections"][0]["name"] == "Model metrics"
     assert {c["metricKey"] for c in state["compareRunCharts"]} == {"objective", "val_auroc", "train_loss"}

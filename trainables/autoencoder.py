@@ -22,6 +22,7 @@ from anomaly_ae.baselines import match_baseline
 from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
 from anomaly_ae.config import validate_config
 from anomaly_ae.data import Splits
+from anomaly_ae.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
 from anomaly_ae.models import model_spec
 from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
 from anomaly_ae.selection import tie_break
@@ -121,8 +122,13 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Tracking | None = None) -> None:
-    """Ray Tune function trainable. ``splits`` arrives through the object store."""
+def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Tracking | None = None,
+                      data_key: str | None = None, reuse: bool = True) -> None:
+    """Ray Tune function trainable. ``splits`` arrives through the object store.
+
+    ``data_key`` (anomaly_ae.fixed_work) makes an enqueued trial's run findable by later sweeps; with
+    ``reuse``, an enqueued trial that a finished run in the store already trained is replayed from it.
+    """
     if splits is None:
         raise ValueError("train_autoencoder needs the dataset splits (tune.with_parameters(..., splits=...))")
     cfg = validate_config(config_from_params(config))
@@ -133,8 +139,20 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
     trial_id = _trial_identity()
     # Retried on another node or resumed, the trial reopens its own run (found by trial id).
     run = TrialRun(tracking, cfg, trial_id, config)
+    key = fixed_work_key(cfg, data_key) if cfg["baseline"] and data_key is not None and tracking else None
+    if key is not None:
+        run.set_tags(**{KEY_TAG: key})
+    earlier = None
+    if key is not None and reuse and tune.get_checkpoint() is None:
+        try:
+            earlier = find_reusable_run(run.writer.client, key)
+        except Exception:  # noqa: BLE001 - a store that cannot answer now costs a retraining, not the trial
+            earlier = None
     try:
-        _train(cfg, splits, run)
+        if earlier is not None:
+            _replay(cfg, run, *earlier)
+        else:
+            _train(cfg, splits, run, keep_reports=key is not None)
     except DivergedError as exc:
         run.end("FAILED", failure=f"diverged: {exc}")
     except TrackingUnavailable:
@@ -149,7 +167,27 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
         raise
 
 
-def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
+def _replay(cfg: dict, run: TrialRun, origin_run_id: str, reports: list[dict]) -> None:
+    """Report a finished run's epochs again, as this trial's: the search, the scheduler and this
+    sweep's run see what training would have given; the weights stay in the earlier run."""
+    run.set_tags(**{REUSED_TAG: origin_run_id, "node_id": current_node_id()})
+    best = -math.inf
+    for i, report in enumerate(reports, 1):
+        report = {**report, REUSED_TAG: origin_run_id}
+        run.log_report(report, report["epoch"])
+        if report["objective"] > best:
+            best = report["objective"]
+            run.log_report(best_epoch_metrics(report, cfg["objective"]), report["epoch"])
+            if report["score"] != run.score:
+                judged = {**cfg, "score": report["score"]}
+                run.set_tags(score=report["score"], **{"mlflow.runName": trial_run_name(judged, run.trial_id)})
+                run.score = report["score"]
+        if i == len(reports):
+            run.end("FINISHED")
+        tune.report(report)
+
+
+def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False) -> None:
     state = build_trial(cfg, torch.from_numpy(np.ascontiguousarray(splits.train)))
     dev = state.device
     cap_gpu_memory(dev)
@@ -171,6 +209,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
     last_epoch = 1 if model_spec(cfg["variant"]).closed_form else cfg["epochs"]
     node_id = current_node_id()
     run.set_tags(node_id=node_id)
+    reports = []
     for epoch in range(start_epoch + 1, last_epoch + 1):
         tick = time.perf_counter()
         try:
@@ -192,6 +231,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
         report["baseline"] = cfg["baseline"] or ""
         report["final"] = int(epoch == last_epoch)
         run.log_report(report, epoch)
+        reports.append(report)
         judged = {**cfg, "score": verdict["score"]}
         payload = checkpoint_payload(state, judged, val_scores, report)
         if report["objective"] > best:
@@ -208,6 +248,8 @@ def _train(cfg: dict, splits: Splits, run: TrialRun) -> None:
             # Ray keeps what resume needs (weights, optimizer state, epoch), only the latest one.
             save_checkpoint(Path(tmp) / CHECKPOINT_FILE, {**payload, "best_objective": best}, with_optimizer=True)
             if epoch == last_epoch:
+                if keep_reports and start_epoch == 0:  # what a later sweep replays (anomaly_ae.fixed_work)
+                    run.log_dict(reports, REPORTS_FILE)
                 # The scheduler may stop the trial inside this last report (ASHA does at
                 # max_t), so the run is closed first.
                 run.end("FINISHED")
