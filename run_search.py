@@ -21,11 +21,9 @@ def say(line: str = "") -> None:
 
 
 def cmd_search(args) -> int:
-    from sweeps.leaderboard import format_leaderboard, latent_cost_line, search_verdict
     from sweeps.sweep import Sweep, route_library_logs
 
     spec = SweepSpec.from_namespace(args)
-    spec.validate()
     log_path = route_library_logs(REPO / "logs" / f"search-{spec.experiment_name}.log")
     sweep = Sweep.resume(spec, say) if spec.resume else Sweep.create(spec, say)
     outcome = sweep.run()
@@ -33,19 +31,7 @@ def cmd_search(args) -> int:
         say(f"\ninterrupted: {outcome.trials_recorded} trial(s) recorded, {outcome.runs_closed} run(s) marked "
             f"KILLED. Resume with:\n  {spec.resume_command()}")
         return 130
-    say()
-    say(format_leaderboard(outcome.frame, references=outcome.references))
-    say(search_verdict(outcome.frame, outcome.references))
-    if latent_cost_line(outcome.frame):
-        say(latent_cost_line(outcome.frame))
-    say(f"\nMLflow experiment {outcome.experiment!r}, parent run {outcome.parent_run_id}")
-    # This sweep's runs, best objective first, with the telling columns (a view kept in the experiment).
-    if spec.tracking_uri.startswith(("http://", "https://")):
-        say(f"the sweep's runs:  {spec.tracking_uri.rstrip('/')}/{outcome.runs_page}")
-    else:
-        say(f"library logs (Ray, MLflow, Optuna): {log_path}")
-        say(f"open the UI:  mlflow ui --backend-store-uri {spec.tracking_uri}")
-        say(f"  then the sweep's runs:  http://127.0.0.1:5000/{outcome.runs_page}")
+    say("\n".join(outcome.summary_lines(spec.tracking_uri, log_path)))
     return 0
 
 
@@ -88,7 +74,7 @@ def cmd_analyze(args) -> int:
 def cmd_promote(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from sweeps.promote import PromotionRefused, format_comparison, operating_line, promote
+    from sweeps.promote import PromotionRefused, promote, promotion_lines
 
     if (args.ensemble_distinct or args.ship == "ensemble") and not args.ensemble:
         raise SpecError("--ensemble-distinct and --ship ensemble need --ensemble K > 0")
@@ -102,27 +88,7 @@ def cmd_promote(args) -> int:
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
-    p = result.promoted
-    say(f"promoted trial {p.trial_id} ({p.variant}, score {p.score}); test figures beside the sweep's seed "
-        f"baselines and the reference detectors: test_* at the threshold fixed on validation with "
-        f"{args.threshold_policy}, site_* at the threshold the site rule fixes on the site pool (own_*: at each "
-        f"one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold fixed on test itself would give at the "
-        f"TNR target, for reference only):")
-    say(format_comparison(result.table))
-    if p.retrain_spread:
-        s = p.retrain_spread
-        say(f"retrain spread over seeds {s['seeds']}: test TPR {s['test_tpr_mean']:.4f} ± {s['test_tpr_std']:.4f}, "
-            f"TNR {s['test_tnr_mean']:.4f} ± {s['test_tnr_std']:.4f}")
-    say(f"  validation threshold: {operating_line(p.report)}")
-    if "site" in p.report:
-        say(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
-    if result.review_path is not None:
-        say(f"wrote {result.review_path}: the site crops above the shipped threshold, highest first. Spills among "
-            f"them use false-alarm slots the rule must assume are normals'; list the ones a review confirms in a "
-            f"file and promote again with --site-known-spills FILE")
-    say(f"registered {args.model_name} version {result.version.version} with alias 'champion' "
-        f"(models:/{args.model_name}@champion)")
-    say(f"wrote {result.config_path} (reproduce with: python run_search.py search --config {result.config_path})")
+    say("\n".join(promotion_lines(result, args.threshold_policy, args.model_name)))
     return 0
 
 
@@ -148,7 +114,8 @@ def cmd_predict(args) -> int:
 def cmd_benchmark_search(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.search import SearchBenchmark, benchmark_search, summarize, summary_lines
+    from benchmarks.search import SearchBenchmark, benchmark_search, summarize
+    from sweeps.runs import experiments_with_prefix
 
     bench = SearchBenchmark(
         data=args.data, budget_s=args.budget_s, tracking_uri=args.tracking_uri, storage_path=args.storage_path,
@@ -156,48 +123,33 @@ def cmd_benchmark_search(args) -> int:
         max_concurrent=args.max_concurrent, objective=args.objective, prefix=args.prefix, plot_out=args.plot_out)
     if args.summarize:
         client = MlflowClient(args.tracking_uri)
-        names = sorted((e.name for e in client.search_experiments() if e.name.startswith(args.summarize)),
-                       key=lambda n: (int(n.rsplit("-", 1)[1]), n))
-        if not names:
-            raise SpecError(f"--summarize: no experiment starts with {args.summarize!r} in {args.tracking_uri}")
-        return print_benchmark(summarize(client, bench, names, args.summarize.rsplit("-", 1)[-1]), summary_lines)
+        names = sorted(experiments_with_prefix(client, args.summarize), key=lambda n: (int(n.rsplit("-", 1)[1]), n))
+        return print_benchmark(summarize(client, bench, names, args.summarize.rsplit("-", 1)[-1]))
     if args.budget_s is None:
         raise SpecError("--budget-s: give the wall-clock seconds per sweep (or --summarize PREFIX)")
     bench = dataclasses.replace(bench, data=ensure_dataset(args.data, log=say))
     say(f"benchmark-search: {bench.repeats} x {'/'.join(bench.samplers)} sweeps of {bench.budget_s:.0f}s on "
         f"{bench.data} (space {bench.space}); each sweep's output in {bench.log_dir}")
-    return print_benchmark(benchmark_search(bench), summary_lines)
+    return print_benchmark(benchmark_search(bench))
 
 
-def print_benchmark(table, summary_lines) -> int:
+def print_benchmark(table) -> int:
+    from benchmarks.search import table_lines
+
     if table.empty:
         print("error: no sweep finished", file=sys.stderr)
         return 1
-    cols = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline",
-            "baseline_bar", "pca16", "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr", "test_auroc",
-            "val_threshold_test_tpr", "val_threshold_test_tnr"]
-    say(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    say("\n".join(summary_lines(table)))
+    say("\n".join(table_lines(table)))
     return 0
 
 
 def cmd_benchmark(args) -> int:
-    from benchmarks.throughput import benchmark, summary_lines, timed_variants, write_tables
+    from benchmarks.throughput import benchmark, report_lines, timed_variants, write_tables
 
     variants = timed_variants(args.variants)
     epochs, options, packing = benchmark(ensure_dataset(args.data, log=say), variants, args.batch_sizes, args.crops,
                                          args.repeats, args.loader_workers, args.sweep_samples)
-    written = write_tables(args.out, epochs, options, packing)
-    say()
-    say(epochs.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    say()
-    say(options.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    say("\n".join(summary_lines(epochs)))
-    if packing.empty:
-        say("no CUDA device: GPU epochs and fractional-GPU packing not measured")
-    else:
-        say(packing.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
-    say(f"wrote {', '.join(map(str, written))}")
+    say("\n".join(report_lines(epochs, options, packing, write_tables(args.out, epochs, options, packing))))
     return 0
 
 
@@ -212,7 +164,7 @@ def cmd_benchmark_knn(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, client_exports, prepare_server, redact
+    from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, prepare_server, startup_lines
 
     spec = ServerSpec(args.backend_store_uri, args.artifacts_destination, args.state_dir, args.host, args.port,
                       args.workers, args.concurrent_trials, args.allowed_hosts)
@@ -220,13 +172,7 @@ def cmd_server(args) -> int:
         command, env, pool, password = prepare_server(spec)
     except ServerConfigError as exc:
         raise SpecError(str(exc)) from exc
-    say(f"schema upgraded: {redact(spec.backend_store_uri)}")
-    say(pool.line())
-    say(f"basic auth: admin user 'admin', config {spec.state_dir / 'basic_auth.ini'}; artifacts proxied to "
-        f"{spec.artifacts_destination}")
-    say("on every client (search, promote, predict; the trials get them through Ray):")
-    say("\n".join(f"  {line}" for line in client_exports(spec, password)))
-    say(f"starting: mlflow server on {spec.url} (Ctrl-C stops it)")
+    say("\n".join(startup_lines(spec, pool, password)))
     os.execve(command[0], command, env)  # the server takes this process: signals reach it directly
 
 
@@ -258,11 +204,10 @@ def cmd_fidelity(args) -> int:
     from mlflow.tracking import MlflowClient
 
     from analysis.fidelity import pooled_fidelity
+    from sweeps.runs import experiments_with_prefix
 
     client = MlflowClient(args.tracking_uri)
-    names = sorted(e.name for e in client.search_experiments() if e.name.startswith(args.prefix))
-    if not names:
-        raise SpecError(f"--prefix: no experiment starts with {args.prefix!r} in {args.tracking_uri}")
+    names = experiments_with_prefix(client, args.prefix)
     table, n = pooled_fidelity(client, names)
     say(f"{n} sweeps: {', '.join(names)}")
     say(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

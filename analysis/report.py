@@ -13,7 +13,7 @@ from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE
 from anomaly_ae.tracking import log_sweep_report
 from analysis.importance import param_importances
 from analysis.fidelity import asha_rungs, rung_fidelity
-from sweeps.leaderboard import leaderboard_rows, search_verdict
+from sweeps.leaderboard import leaderboard_rows, markdown_table, search_verdict
 from anomaly_ae.baselines import is_seed_baseline
 from sweeps.runs import download_checkpoint, find_parent_run, reference_frame, sweep_frame
 
@@ -27,17 +27,6 @@ class SweepReport:
     markdown: str
     parent_run_id: str
     figures: list[str] = field(default_factory=list)
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.4g}"
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def _best_trial_histogram(client, frame: pd.DataFrame, folder: Path) -> str | None:

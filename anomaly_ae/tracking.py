@@ -551,6 +551,17 @@ def log_summary_run(tracking_uri: str, experiment: str, name: str, params: dict,
 # ------------------------------------------------------------------ the registry
 
 DETECTOR_CODE = Path(__file__).with_name("detector_model.py")
+DISTRIBUTION = "anomaly-ae-search"
+
+
+def torch_pins() -> list[str]:
+    """torch and torchvision as pyproject.toml pins them (read from the installed package's metadata)."""
+    from importlib.metadata import requires
+
+    pins = [r for r in requires(DISTRIBUTION) or [] if r.split("==")[0] in ("torch", "torchvision")]
+    if len(pins) != 2:
+        raise RuntimeError(f"{DISTRIBUTION}'s metadata does not pin torch and torchvision: {pins}")
+    return pins
 
 
 def register_detector(tracking_uri: str, parent, name: str, trial_id: str, params: dict, metrics: dict,
@@ -582,7 +593,7 @@ def register_detector(tracking_uri: str, parent, name: str, trial_id: str, param
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(DETECTOR_CODE), artifacts=model_artifacts, signature=signature,
             input_example=np.zeros((1, *decode_size, 3), dtype=np.uint8),
-            pip_requirements=["torch==2.14.1", "torchvision==0.29.1", "mlflow", "pandas", "numpy"])
+            pip_requirements=[*torch_pins(), "mlflow", "pandas", "numpy"])
     version = mlflow.register_model(info.model_uri, model_name, tags={**version_tags, "promotion_run_id": run_id})
     client.update_model_version(model_name, version.version, description=description)
     client.set_registered_model_alias(model_name, alias, version.version)

@@ -203,3 +203,13 @@ def prepare_server(spec: ServerSpec) -> tuple[list[str], dict[str, str], PoolSet
     db_upgrade(spec.backend_store_uri)
     auth_config, password = write_auth_config(spec)
     return server_command(spec), server_environment(spec, pool, auth_config, password), pool, password
+
+
+def startup_lines(spec: ServerSpec, pool: PoolSettings, password: str) -> list[str]:
+    """What `server` prints before the server takes the process: the pool, the auth, the client's exports."""
+    return [f"schema upgraded: {redact(spec.backend_store_uri)}", pool.line(),
+            f"basic auth: admin user 'admin', config {spec.state_dir / 'basic_auth.ini'}; artifacts proxied to "
+            f"{spec.artifacts_destination}",
+            "on every client (search, promote, predict; the trials get them through Ray):",
+            *(f"  {line}" for line in client_exports(spec, password)),
+            f"starting: mlflow server on {spec.url} (Ctrl-C stops it)"]

@@ -185,3 +185,14 @@ def log_summary(client, bench: SearchBenchmark, table: pd.DataFrame, stamp: str)
         if bench.plot_out:
             Path(bench.plot_out).parent.mkdir(parents=True, exist_ok=True)
             Path(bench.plot_out).write_bytes((Path(tmp) / "anytime.png").read_bytes())
+
+
+TABLE_COLUMNS = ["sampler", "seed", "trials", "best_searched", "best_variant", "best_score", "best_baseline",
+                 "baseline_bar", "pca16", "knn5", "beat_all", "selection_bias_mean", "test_tpr", "test_tnr",
+                 "test_auroc", "val_threshold_test_tpr", "val_threshold_test_tnr"]
+
+
+def table_lines(table: pd.DataFrame) -> list[str]:
+    """What `benchmark-search` prints: one row per sweep, then each sampler's summary."""
+    shown = table[[c for c in TABLE_COLUMNS if c in table]]
+    return [shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"), *summary_lines(table)]

@@ -247,3 +247,14 @@ def write_tables(out: Path, epochs: pd.DataFrame, options: pd.DataFrame, packing
         written.append(out.with_name(out.stem + "-gpu.csv"))
         packing.to_csv(written[2], index=False)
     return written
+
+
+def report_lines(epochs: pd.DataFrame, options: pd.DataFrame, packing: pd.DataFrame, written: list[Path]) -> list[str]:
+    """What `benchmark` prints: both tables, the ratios' summary, the GPU packing (or why it is absent)."""
+    lines = ["", epochs.to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
+             options.to_string(index=False, float_format=lambda v: f"{v:.3f}"), *summary_lines(epochs)]
+    if packing.empty:
+        lines.append("no CUDA device: GPU epochs and fractional-GPU packing not measured")
+    else:
+        lines.append(packing.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return lines + [f"wrote {', '.join(map(str, written))}"]

@@ -143,3 +143,15 @@ def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
     return {"best_objective": best.max(), "best_searched_objective": best[enqueued == ""].max(),
             "best_baseline_objective": best[enqueued.map(is_seed_baseline)].max(), "trials_total": len(frame),
             "trials_ok": int((frame["status"] == "OK").sum()), "trials_tied_at_top": top_tie(frame)[0]}
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A frame as a Markdown table (reports, registry descriptions)."""
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else f"{v:.4g}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

@@ -262,7 +262,7 @@ def operating_line(report: dict) -> str:
 
 
 def report_markdown(promoted: Candidate, table: pd.DataFrame, experiment: str) -> str:
-    from analysis.report import markdown_table
+    from sweeps.leaderboard import markdown_table
 
     r = promoted.report
     lines = [f"Promoted from sweep `{experiment}`, trial `{promoted.trial_id}` ({promoted.variant}, "
@@ -470,3 +470,29 @@ def format_comparison(table: pd.DataFrame) -> str:
             "tnr_ci", "site_tpr", "site_tpr_ci", "site_tnr", "site_tnr_ci", "TP", "FP", "TN", "FN", "test_auroc",
             "threshold", "site_threshold", "oracle_tpr_at_tnr", "own_policy", "own_test_tpr", "own_test_tnr"]
     return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4g}" if math.isfinite(v) else "-")
+
+
+def promotion_lines(result: "Promotion", threshold_policy: str, model_name: str) -> list[str]:
+    """What `promote` prints: the comparison on test, both operating points, what was registered."""
+    p = result.promoted
+    lines = [f"promoted trial {p.trial_id} ({p.variant}, score {p.score}); test figures beside the sweep's seed "
+             f"baselines and the reference detectors: test_* at the threshold fixed on validation with "
+             f"{threshold_policy}, site_* at the threshold the site rule fixes on the site pool (own_*: at each "
+             f"one's own stated policy; oracle_tpr_at_tnr: the TPR a threshold fixed on test itself would give at "
+             f"the TNR target, for reference only):", format_comparison(result.table)]
+    if p.retrain_spread:
+        s = p.retrain_spread
+        lines.append(f"retrain spread over seeds {s['seeds']}: test TPR {s['test_tpr_mean']:.4f} ± "
+                     f"{s['test_tpr_std']:.4f}, TNR {s['test_tnr_mean']:.4f} ± {s['test_tnr_std']:.4f}")
+    lines.append(f"  validation threshold: {operating_line(p.report)}")
+    if "site" in p.report:
+        lines.append(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
+    if result.review_path is not None:
+        lines.append(f"wrote {result.review_path}: the site crops above the shipped threshold, highest first. "
+                     f"Spills among them use false-alarm slots the rule must assume are normals'; list the ones a "
+                     f"review confirms in a file and promote again with --site-known-spills FILE")
+    lines.append(f"registered {model_name} version {result.version.version} with alias 'champion' "
+                 f"(models:/{model_name}@champion)")
+    lines.append(f"wrote {result.config_path} (reproduce with: python run_search.py search --config "
+                 f"{result.config_path})")
+    return lines

@@ -233,3 +233,11 @@ def earlier_observations(client, tags: dict, experiments: list[str] | None = Non
             if finished and params and value is not None and math.isfinite(value) and not replayed:
                 observations.append((json.loads(params), value))
     return observations, len(parents)
+
+
+def experiments_with_prefix(client, prefix: str) -> list[str]:
+    """Names of the experiments that start with ``prefix``, sorted (a benchmark's sweeps); none is refused."""
+    names = sorted(e.name for e in client.search_experiments() if e.name.startswith(prefix))
+    if not names:
+        raise SweepNotFound(f"--prefix/--summarize: no experiment starts with {prefix!r}")
+    return names

@@ -18,7 +18,9 @@ from typing import Callable
 import pandas as pd
 
 from anomaly_ae.fixed_work import data_key
-from sweeps.spec import DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, ensure_dataset
+from sweeps.spec import (
+    DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
+)
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
 
@@ -35,7 +37,22 @@ class SweepOutcome:
     frame: pd.DataFrame | None = None
     references: pd.DataFrame | None = None
     runs_page: str = ""
-    log_path: Path | None = None
+
+    def summary_lines(self, tracking_uri: str, log_path: Path) -> list[str]:
+        """What a finished sweep prints: leaderboard, verdict, where its runs and logs are."""
+        from sweeps.leaderboard import format_leaderboard, latent_cost_line, search_verdict
+
+        lines = ["", format_leaderboard(self.frame, references=self.references),
+                 search_verdict(self.frame, self.references)]
+        if latent_cost_line(self.frame):
+            lines.append(latent_cost_line(self.frame))
+        lines.append(f"\nMLflow experiment {self.experiment!r}, parent run {self.parent_run_id}")
+        # This sweep's runs, best objective first, with the telling columns (a view kept in the experiment).
+        if tracking_uri.startswith(("http://", "https://")):
+            return lines + [f"the sweep's runs:  {tracking_uri.rstrip('/')}/{self.runs_page}"]
+        return lines + [f"library logs (Ray, MLflow, Optuna): {log_path}",
+                        f"open the UI:  mlflow ui --backend-store-uri {tracking_uri}",
+                        f"  then the sweep's runs:  http://127.0.0.1:5000/{self.runs_page}"]
 
 
 def route_library_logs(path: Path) -> Path:
@@ -120,6 +137,7 @@ class Sweep:
         from anomaly_ae.data import load_proliv, make_splits
         from anomaly_ae.tracking import SweepRun
 
+        configure_environment()
         spec.validate()
         trial_config = spec.trial_config()
         study_storage = open_study(spec)
@@ -167,6 +185,7 @@ class Sweep:
     @classmethod
     def resume(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
         """Reopen the interrupted sweep's parent run; its dataset must be unchanged."""
+        configure_environment()  # before Ray's first import
         from mlflow.tracking import MlflowClient
         from ray import tune
 

@@ -246,9 +246,13 @@ def init_ray(spec) -> None:
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
+def trainable_parameters(spec, splits, tracking, data_key: str | None) -> dict:
+    """What every trial gets besides its config (through Ray's object store)."""
+    return {"splits": splits, "tracking": tracking, "data_key": data_key, "reuse": not spec.rerun_baselines}
+
+
 def make_trainable(spec, splits, tracking, data_key: str | None):
-    trainable = tune.with_parameters(train_autoencoder, splits=splits, tracking=tracking, data_key=data_key,
-                                     reuse=not spec.rerun_baselines)
+    trainable = tune.with_parameters(train_autoencoder, **trainable_parameters(spec, splits, tracking, data_key))
     return tune.with_resources(trainable, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
 
 

@@ -1,7 +1,5 @@
 """Fixed work done once: a second sweep in the same store replays the seed baselines and start points
 the first one trained (tagged reused_from, no weights of their own); --rerun-baselines trains them."""
-import contextlib
-import io
 import sqlite3
 
 import pytest
@@ -27,64 +25,62 @@ def test_the_key_changes_with_the_config_the_seed_the_budget_and_the_data():
         assert fixed_work_key(cfg, data_key(other)) != key
 
 
-def second_sweep(tiny_sweep, tmp_path, experiment: str, *extra: str):
-    """A sweep like tiny_sweep's in a copy of its store (the other tests keep theirs as it was)."""
+def test_a_second_sweep_warm_starts_from_the_first_and_replays_its_fixed_work(tiny_sweep, tmp_path, capsys):
+    """In a copy of tiny_sweep's store (the other tests keep theirs as it was), a second sweep with the
+    same data, budget and seed: its study holds the first sweep's trials (warm start), and its five enqueued
+    trials are replayed from the first sweep's runs (tagged reused_from, no weights of their own), counted
+    in its study with the objectives they replayed."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from sweeps.runs import download_checkpoint, earlier_observations, find_parent_run, sweep_frame
+
     with sqlite3.connect(tiny_sweep.tmp / "mlflow.db") as src, sqlite3.connect(tmp_path / "mlflow.db") as dst:
         src.backup(dst)  # with what the write-ahead log still holds
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = run_search.main([
-            "search", "--data", str(tiny_sweep.data), "--epochs", "2", "--steps-per-epoch", "3",
-            "--max-concurrent", "2", "--experiment", experiment, "--tracking-uri", uri,
-            "--storage-path", str(tmp_path / "ray"), "--seed", "0", "--val-fraction", "0.2", *extra])
+    client = MlflowClient(uri)
+    first = sweep_frame(client, find_parent_run(client, tiny_sweep.experiment))
+    storage = tmp_path / "ray"
+    code = run_search.main([
+        "search", "--data", str(tiny_sweep.data), "--num-samples", "5", "--epochs", "2", "--steps-per-epoch", "3",
+        "--max-concurrent", "2", "--experiment", "itest-again", "--tracking-uri", uri, "--storage-path",
+        str(storage), "--seed", "1", "--val-fraction", "0.2", "--no-references"])
     ray.shutdown()
-    assert code == 0, out.getvalue()[-3000:]
-    return MlflowClient(uri), out.getvalue()
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert f"warm start: {len(first)} trials from 1 earlier sweep(s)" in out
 
+    # Warm start: the study holds the first sweep's trials with their objectives, then this sweep's five.
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(storage / "itest-again"))
+    trials = searcher._ot_study.trials
+    assert len(trials) == len(first) + 5
+    expected = sorted((client.get_run(r).data.params["variant"], client.get_run(r).data.metrics["objective"])
+                      for r in first["run_id"])
+    assert sorted((t.params["variant"], t.value) for t in trials[:len(first)]) == expected
 
-def trial_runs_of(client, experiment: str) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    return [r for r in client.search_runs([exp.experiment_id], "tags.trial_id != ''")]
-
-
-def test_a_second_sweep_replays_the_enqueued_trials_of_the_first(tiny_sweep, tmp_path):
-    from sweeps.runs import download_checkpoint, find_parent_run, sweep_frame
-
-    client, out = second_sweep(tiny_sweep, tmp_path, "itest-again", "--num-samples", "5")
-    first = {r.data.tags["baseline"]: r for r in trial_runs_of(client, "itest") if r.data.tags["baseline"]}
-    again = [r for r in trial_runs_of(client, "itest-again") if r.data.tags["baseline"]]
-    assert len(again) == 5 and "reused]" in out
-    for run in again:
-        origin = first[run.data.tags["baseline"]]
-        assert run.data.tags["reused_from"] == origin.info.run_id
-        assert run.data.tags["fixed_work_key"] == origin.data.tags["fixed_work_key"]
+    # The enqueued trials: replayed, epoch by epoch, from the runs that trained them.
+    second = sweep_frame(client, find_parent_run(client, "itest-again"))
+    trained = {b: client.get_run(r) for b, r in zip(first["baseline"], first["run_id"]) if b}
+    replayed = second[second["reused_from"] != ""]
+    assert len(replayed) == 5 and set(replayed["baseline"]) == set(trained)
+    assert out.count("reused]") == 5 and "reused_from" in out  # the progress lines and the leaderboard
+    assert len(second) == 5
+    for _, row in replayed.iterrows():
+        origin = trained[row["baseline"]]
+        run = client.get_run(row["run_id"])
+        assert row["reused_from"] == run.data.tags["reused_from"] == origin.info.run_id
         assert run.info.status == "FINISHED"
-        # The same figures, epoch by epoch; the weights stay in the run that trained them.
         for key in ("objective", "best_objective"):
             assert ([(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)]
                     == [(m.step, m.value) for m in client.get_metric_history(origin.info.run_id, key)])
         assert "model.pt" not in {a.path for a in client.list_artifacts(run.info.run_id)}
-    # The leaderboard printed, the frame analysis and promote read, and the weights they load.
-    assert "reused_from" in out
-    frame = sweep_frame(client, find_parent_run(client, "itest-again"))
-    replayed = frame[frame["baseline"] != ""]
-    assert set(replayed["reused_from"]) == {first[b].info.run_id for b in replayed["baseline"]}
+    # Counted in this sweep's study as finished trials, with the objectives they replayed.
+    assert sorted(t.value for t in trials[len(first):]) == sorted(
+        client.get_run(r).data.metrics["objective"] for r in replayed["run_id"])
+    # What promote and analyze load: the weights of the run that trained it.
     row = replayed.iloc[0]
-    payload = download_checkpoint(client, row["run_id"], tmp_path / "weights")
-    assert payload["config"]["variant"] == row["variant"]
-    # Warm start reads each trained trial once: the replayed runs are not counted again.
-    from sweeps.runs import earlier_observations
+    assert download_checkpoint(client, row["run_id"], tmp_path / "weights")["config"]["variant"] == row["variant"]
 
-    tags = find_parent_run(client, "itest-again").data.tags
-    observations, sweeps = earlier_observations(client, tags)
-    assert sweeps == 2 and len(observations) == len(trial_runs_of(client, "itest")) + len(frame) - len(replayed)
-
-
-def test_rerun_baselines_trains_them_again(tiny_sweep, tmp_path):
-    client, out = second_sweep(tiny_sweep, tmp_path, "itest-rerun", "--num-samples", "1", "--rerun-baselines")
-    runs = trial_runs_of(client, "itest-rerun")
-    assert len(runs) == 1 and "reused" not in out
-    for run in runs:
-        assert "reused_from" not in run.data.tags and run.data.tags["fixed_work_key"]
-        assert {"model.pt", "reports.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # A later sweep's warm start reads each trained trial once: the replayed runs are not counted again.
+    observations, sweeps = earlier_observations(client, find_parent_run(client, "itest-again").data.tags)
+    assert sweeps == 2 and len(observations) == len(first) + len(second) - len(replayed)

@@ -160,3 +160,13 @@ def test_finished_trials_lose_their_ray_checkpoint_and_keep_checkpoints_drops_we
     assert has_weights("a") and not has_weights("b") and has_weights("s")
     # A finished trial's Ray checkpoint always goes: only running trials need one (retry, --resume).
     assert not any((tmp_path / f"ray-{t}").exists() for t in "abs")
+
+
+def test_the_registered_models_torch_pins_are_pyprojects():
+    import tomllib
+
+    from anomaly_ae.tracking import torch_pins
+    from services import REPO
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert torch_pins() == [d for d in deps if d.startswith(("torch==", "torchvision=="))]

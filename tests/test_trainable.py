@@ -1,8 +1,8 @@
-import numpy as np
 """The trainable called directly, outside Tune, with tune.report captured."""
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,3 +133,53 @@ def test_closed_form_variant_reports_once_and_is_final(reports, tiny_splits):
     assert len(reports) == 1
     metrics = reports[0][0]
     assert metrics["epoch"] == 1 and metrics["final"] == 1 and 0.0 <= metrics["objective"] <= 1.0
+
+
+def test_an_enqueued_trial_is_replayed_from_a_finished_run_unless_rerun(reports, tiny_splits, tmp_path):
+    """Fixed work done once, at the trainable: the first sweep trains start:knn5 and keeps its reports;
+    a second sweep in the same store replays them (reused_from, no weights of its own); with reuse off
+    (--rerun-baselines) it trains again."""
+    from mlflow.tracking import MlflowClient
+
+    from anomaly_ae.fixed_work import data_key
+    from anomaly_ae.tracking import SweepRun
+    from search_spaces import baseline_points
+    from sweeps.spec import SweepSpec
+    from sweeps.tuning import trainable_parameters
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    knn5 = baseline_points()[0]
+    key = data_key({"dataset_hash": "tiny", "val_normal_fraction": "0.2"})
+
+    def sweep(name: str, reuse: bool):
+        tracking = SweepRun.create(uri, name, {"space": "quick"}).tracking
+        start = len(reports)
+        train_autoencoder(knn5, splits=tiny_splits, tracking=tracking, data_key=key, reuse=reuse)
+        client = MlflowClient(uri)
+        run = client.search_runs([tracking.experiment_id], f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'")[0]
+        return run, [m for m, _ in reports[start:]], {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    first, first_reports, first_files = sweep("fw-1", reuse=True)
+    assert "reused_from" not in first.data.tags and {"model.pt", "reports.json"} <= first_files
+    again, again_reports, again_files = sweep("fw-2", reuse=True)
+    assert again.data.tags["reused_from"] == first.info.run_id
+    assert again.data.tags["fixed_work_key"] == first.data.tags["fixed_work_key"]
+    assert [{k: v for k, v in r.items() if k != "reused_from"} for r in again_reports] == first_reports
+    assert again.info.status == "FINISHED" and again.data.metrics["best_objective"] == first.data.metrics["best_objective"]
+    assert "model.pt" not in again_files
+    rerun, _, rerun_files = sweep("fw-3", reuse=False)
+    assert "reused_from" not in rerun.data.tags and "model.pt" in rerun_files
+    # --rerun-baselines is what turns reuse off.
+    assert trainable_parameters(SweepSpec(rerun_baselines=True), None, None, key)["reuse"] is False
+    assert trainable_parameters(SweepSpec(), None, None, key)["reuse"] is True
+
+
+def test_a_searched_trial_reports_its_best_scores_objective(reports, tiny_splits):
+    """Score fan-out: a searched trial (score_selection best) reports the best of its scores' objectives,
+    what Optuna and ASHA then see (the tiny dataset has a site pool: the site objective)."""
+    config = {"variant": "conv_ae", "conv_ae.base_width": 8, "epochs": 1, "steps_per_epoch": 2, "batch_size": 16,
+              "score": "mse", "seed": 2, "score_selection": "best", "objective": "site"}
+    train_autoencoder(config, splits=tiny_splits)
+    metrics = reports[-1][0]
+    per_score = [v for k, v in metrics.items() if k.startswith("tpr_at_site_")]
+    assert len(per_score) > 3 and metrics["objective"] == max(per_score)
