@@ -3,7 +3,7 @@
 Ray's OptunaSearch keeps its study to itself, so the trials are replayed into a
 fresh in-memory study through the sweep's own define-by-run space, which records
 the same (conditional) distributions. The value given to Optuna is the trial's best
-objective; ASHA-stopped trials count with their shorter budget (see README).
+objective; ASHA-stopped trials count with their shorter budget.
 """
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "samples_per_epoch": (0, _int(0, 100_000_000)),
     "eval_every": (1, _int(1, 1000)),
     # Execution only (same maths): bf16 autocast of the forward pass and the loss, and the
-    # channels_last memory format. Defaults from `run_search.py benchmark` (README, "Throughput").
+    # channels_last memory format. Defaults from `run_search.py benchmark` (docs/results.md, "Throughput and artifact sizes").
     "precision": ("fp32", _choice("fp32", "bf16")),
     "channels_last": (False, _bool),
     "seed": (0, _int(0, 2**31 - 1)),

@@ -2,7 +2,7 @@
 
 Used by the ``knn`` variant (a bank of train crops), by the latent-distance score of every
 autoencoder (a bank of train latents) and nowhere else. Exact search is a matmul per chunk;
-``run_search.py benchmark-knn`` measures it at 10k and 100k crops (README, "Distance detectors").
+``run_search.py benchmark-knn`` measures it at 10k and 100k crops (docs/results.md, "Distance detectors: the kNN bank").
 """
 from __future__ import annotations
 

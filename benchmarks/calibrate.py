@@ -5,7 +5,7 @@
 
 For each config: train on the train split, fix the threshold on validation with
 the config's policy (tnr_target for both here) and, with a site pool, on the pool
-by the site rule; evaluate once on test. Prints one line per config; the README's
+by the site rule; evaluate once on test. Prints one line per config; docs/results.md's
 calibration and invariance tables come from this. ``--invariance`` trains each
 config once as it is and once with each invariance option of the search space.
 """

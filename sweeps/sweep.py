@@ -95,7 +95,7 @@ def find_perceptual(log=print) -> bool:
         return True
     except PerceptualWeightsMissing:
         log("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
-            "baseline are left out (seed004_denoise runs instead); see README, 'Seed baselines'.")
+            "baseline are left out (seed004_denoise runs instead); see README, 'What is searched'.")
         return False
 
 

@@ -55,7 +55,7 @@ def mean_tpr_loss(n: int, spill_share: float, separation: float, seed: int = 3, 
 def test_the_site_rule_costs_little_tpr_at_realistic_sizes():
     # A clean pool of 1,000 crops costs only the delta margin; every spill left in a pool takes a
     # false-alarm slot that the rule must assume is a normal's, so a 3.4% share costs more, and less
-    # as the pool grows (README, "Site calibration").
+    # as the pool grows (docs/results.md, "How large a pool, and what it costs").
     assert 0 < mean_tpr_loss(1000, 0.0, 3.0) < 0.03
     contaminated = [mean_tpr_loss(n, 0.034, 4.0) for n in (1000, 5000)]
     assert 0 < contaminated[1] < contaminated[0] < 0.08
