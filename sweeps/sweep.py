@@ -121,9 +121,8 @@ def resolve_objective(spec: SweepSpec, site) -> SweepSpec:
 class Sweep:
     """One sweep: its spec, its splits, its parent run, and how to fit it."""
 
-    def __init__(self, spec: SweepSpec, run, splits, fit: Callable | None, log: Callable = print):
+    def __init__(self, spec: SweepSpec, run, splits, fit: Callable, log: Callable = print):
         self.spec, self.run_record, self.splits, self._fit, self.log = spec, run, splits, fit, log
-        self.references: dict[str, float] = {}
 
     @property
     def parent_run_id(self) -> str:
@@ -167,18 +166,15 @@ class Sweep:
         warm_trials = gather_warm_start(spec, tags, perceptual, log)
         run = SweepRun.create(spec.tracking_uri, spec.experiment_name, tags)
         study = claim_study(spec, study_storage, run, log)
-        sweep = cls(spec, run, splits, fit=None, log=log)
-        if not spec.no_references:
-            sweep.references = score_references(run, splits, spec, log)
+        references = {} if spec.no_references else score_references(run, splits, spec, log)
 
         def fit():
             from sweeps.tuning import run_sweep
 
             return run_sweep(spec, splits, run.tracking, data_key(tags), points, perceptual, warm_trials,
-                             sweep.references, study)
+                             references, study)
 
-        sweep._fit = fit
-        return sweep
+        return cls(spec, run, splits, fit, log)
 
     # ------------------------------------------------------------- resume
 

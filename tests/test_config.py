@@ -144,3 +144,21 @@ def test_warm_start_replay_keeps_fitting_trials_and_counts_the_rest():
     assert trials[0].params["variant"] == points[0]["variant"] and trials[0].value == 0.5
     # Only what the space suggests is kept (constants and config fields are not parameters).
     assert "epochs" not in trials[0].params and set(trials[0].params) == set(trials[0].distributions)
+
+
+def test_the_search_options_are_the_sweep_specs_fields():
+    """The parser is generated from SweepSpec: no option without a field, defaults equal, unknown keys refused."""
+    import dataclasses
+
+    from cli_parser import build_parser
+    from sweeps.spec import SpecError, SweepSpec
+
+    parsed = build_parser().parse_args(["search"])
+    assert SweepSpec.from_namespace(parsed) == SweepSpec()
+    assert set(vars(parsed)) - {"command"} == {f.name for f in dataclasses.fields(SweepSpec)}
+    spec = SweepSpec.from_namespace(build_parser().parse_args(["search", "--num-samples", "7", "--rerun-baselines"]))
+    assert spec.num_samples == 7 and spec.rerun_baselines and spec.experiment_name == "proliv-quick"
+    with pytest.raises(SpecError, match="unknown sweep setting.*num_sample"):
+        SweepSpec.of(num_sample=7)
+    with pytest.raises(SpecError, match="--val-fraction"):
+        SweepSpec(val_fraction=1.5).validate()
