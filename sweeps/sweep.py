@@ -119,10 +119,10 @@ def resolve_objective(spec: SweepSpec, site) -> SweepSpec:
 
 
 class Sweep:
-    """One sweep: its spec, its splits, its parent run, and how to fit it."""
+    """One sweep: its spec, its parent run, and how to fit it."""
 
-    def __init__(self, spec: SweepSpec, run, splits, fit: Callable, log: Callable = print):
-        self.spec, self.run_record, self.splits, self._fit, self.log = spec, run, splits, fit, log
+    def __init__(self, spec: SweepSpec, run, fit: Callable):
+        self.spec, self.run_record, self._fit = spec, run, fit
 
     @property
     def parent_run_id(self) -> str:
@@ -174,7 +174,7 @@ class Sweep:
             return run_sweep(spec, splits, run.tracking, data_key(tags), points, perceptual, warm_trials,
                              references, study)
 
-        return cls(spec, run, splits, fit, log)
+        return cls(spec, run, fit)
 
     # ------------------------------------------------------------- resume
 
@@ -205,8 +205,7 @@ class Sweep:
         log(f"resuming sweep {spec.experiment_name!r} (parent run {parent.info.run_id}); {closed} interrupted "
             f"run(s) marked KILLED" + (f"; optuna study {study!r} in {tags['optuna_storage']} continues"
                                        if study else ""))
-        return cls(spec, run, splits,
-                   lambda: resume_sweep(spec, splits, run.tracking, data_key(tags), spec.experiment_path), log)
+        return cls(spec, run, lambda: resume_sweep(spec, splits, run.tracking, data_key(tags), spec.experiment_path))
 
     # ------------------------------------------------------------- run
 

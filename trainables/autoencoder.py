@@ -81,6 +81,16 @@ def best_epoch_metrics(report: dict, objective: str) -> dict:
     return out
 
 
+def log_best_epoch(run: TrialRun, cfg: dict, report: dict) -> None:
+    """A new best epoch: its figures become the run's latest values (what the leaderboard ranks by),
+    and the run's score tag and name follow the score it was judged by."""
+    run.log_report(best_epoch_metrics(report, cfg["objective"]), report["epoch"])
+    if report["score"] != run.score:
+        judged = {**cfg, "score": report["score"]}
+        run.set_tags(score=report["score"], **{"mlflow.runName": trial_run_name(judged, run.trial_id)})
+        run.score = report["score"]
+
+
 def write_trial_artifacts(folder: Path, state, cfg: dict, splits_tensors, val_scores: dict, report: dict,
                           payload: dict) -> None:
     """What MLflow keeps of the best epoch so far: weights without optimizer state, and the plots."""
@@ -177,11 +187,7 @@ def _replay(cfg: dict, run: TrialRun, origin_run_id: str, reports: list[dict]) -
         run.log_report(report, report["epoch"])
         if report["objective"] > best:
             best = report["objective"]
-            run.log_report(best_epoch_metrics(report, cfg["objective"]), report["epoch"])
-            if report["score"] != run.score:
-                judged = {**cfg, "score": report["score"]}
-                run.set_tags(score=report["score"], **{"mlflow.runName": trial_run_name(judged, run.trial_id)})
-                run.score = report["score"]
+            log_best_epoch(run, cfg, report)
         if i == len(reports):
             run.end("FINISHED")
         tune.report(report)
@@ -236,11 +242,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
         payload = checkpoint_payload(state, judged, val_scores, report)
         if report["objective"] > best:
             best = report["objective"]
-            # The best epoch's figures as the run's latest values: what the leaderboard ranks by.
-            run.log_report(best_epoch_metrics(report, cfg["objective"]), epoch)
-            if verdict["score"] != run.score:
-                run.set_tags(score=verdict["score"], **{"mlflow.runName": trial_run_name(judged, run.trial_id)})
-                run.score = verdict["score"]
+            log_best_epoch(run, cfg, report)
             with tempfile.TemporaryDirectory() as tmp:
                 write_trial_artifacts(Path(tmp), state, judged, tensors, val_scores, report, payload)
                 run.log_artifacts(tmp)
