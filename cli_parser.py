@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="refix the threshold on the model's validation scores with this policy "
                               "(default: the registered threshold, fixed at promotion)")
     add_site_arguments(predict, "recalibrate the threshold by the site rule on this folder of unlabelled crops from the "
-                           "conditions of --images (a new window of the site)")
+                           "conditions of --images (a new window of the site)", split=False)
     predict.add_argument("--alarm-level", type=risk, default=None,
                          help="p-value below which the drift alarm fires (default 0.01)")
     calibrate = sub.add_parser("calibrate", help="train named configs without Ray, then test each once",

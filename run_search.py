@@ -83,7 +83,8 @@ def cmd_promote(args) -> int:
                          args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
                          site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
-                         site_known_spills=args.site_known_spills, ensemble=args.ensemble,
+                         site_review=args.site_review, site_calibration_share=args.site_calibration_share,
+                         ensemble=args.ensemble,
                          ensemble_distinct=args.ensemble_distinct, ship=args.ship)
     except PromotionRefused as exc:
         print(f"refused: {exc}", file=sys.stderr)
@@ -97,7 +98,7 @@ def cmd_predict(args) -> int:
     from anomaly_ae.serving import predict_folder
 
     p = predict_folder(args.tracking_uri, args.model_name, args.model, args.images, args.out, args.threshold_policy,
-                       args.site, args.site_max_spill_fraction, args.site_delta, args.site_known_spills,
+                       args.site, args.site_max_spill_fraction, args.site_delta, args.site_review,
                        args.alarm_level)
     d = p.detector
     if p.recalibrated_on:

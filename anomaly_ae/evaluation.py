@@ -46,14 +46,15 @@ def operating_report(report: dict) -> dict:
 def test_report(state: TrialState, cfg: dict, splits: Splits, val_scores: dict,
                 policies: tuple[str, ...] | None = None) -> dict:
     """Thresholds from the validation scores, one per policy (default: the config's), and from the site
-    pool when the splits have one; one pass over test."""
+    pool's calibration part when the splits have one; one pass over test."""
     score = cfg["score"]
     test_scores, _ = score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(splits.test)))
     s = test_scores[score]
     site = None
-    if splits.site is not None:
-        site_scores, _ = score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(splits.site.images)))
-        site = site_calibration(site_scores[score], cfg["tnr_target"], splits.site)
+    if splits.site_calibration is not None:  # the part of the pool that chose nothing
+        pool = splits.site_calibration
+        site_scores, _ = score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(pool.images)))
+        site = site_calibration(site_scores[score], cfg["tnr_target"], pool)
     report = report_at_policies(val_scores["normal"][score], val_scores["spill"][score], s, splits.test_labels,
                                 policies or (cfg["threshold_policy"],), cfg["tnr_target"], site)
     report["score"] = score

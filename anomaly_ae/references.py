@@ -63,7 +63,7 @@ def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = 
     shifted = nuisance_split(normal, spill, {"objective": objective})
     if shifted is not None:  # the same perturbed crops the trials are judged on
         metrics["tpr_at_tnr_shift"] = score_summary(scorer(shifted[0]), scorer(shifted[1]), tnr_target)["tpr_at_tnr"]
-    site = SiteInput.of(getattr(splits, "site", None))
+    site = SiteInput.of(getattr(splits, "site_selection", None))
     if site is not None:  # the same pool and rule the trials are judged with
         val["site"] = scorer(site.images)
         metrics.update(site_metrics(val["site"], val["spill"], tnr_target, site))

@@ -114,7 +114,7 @@ class Prediction:
 def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path, out: Path,
                    threshold_policy: str | None = None, site: Path | None = None,
                    site_max_spill_fraction: float | None = None, site_delta: float | None = None,
-                   site_known_spills: Path | None = None, alarm_level: float | None = None) -> Prediction:
+                   site_review: Path | None = None, alarm_level: float | None = None) -> Prediction:
     """Score ``images`` with a registered detector (alias or version ``model``), write ``out``, check drift,
     and log the check as a run under the detector's promotion run."""
     import time
@@ -125,8 +125,8 @@ def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path,
 
     if site is not None and threshold_policy:
         raise PredictionError("--site and --threshold-policy both refix the threshold; give one")
-    if site_known_spills is not None and site is None:
-        raise PredictionError("--site-known-spills: names crops of a --site window; give --site DIR too")
+    if site_review is not None and site is None:
+        raise PredictionError("--site-review: reviews crops of a --site window; give --site DIR too")
     ref = f"models:/{model_name}/{model}" if model.isdigit() else f"models:/{model_name}@{model}"
     mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -142,7 +142,7 @@ def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path,
 
         pool = load_site_pool(site, tuple(detector_model.detector["decode_size"]),
                               0.05 if site_max_spill_fraction is None else site_max_spill_fraction,
-                              0.05 if site_delta is None else site_delta, site_known_spills)
+                              0.05 if site_delta is None else site_delta, site_review)
         detector_model.calibrate_on_site(pool)
         recalibrated_on = {"crops": len(pool), "delta": pool.delta, "max_spill_fraction": pool.max_spill_fraction}
     detector = detector_model.detector

@@ -151,5 +151,5 @@ def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on
             on_epoch(epoch, loss)
     normal, spill = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
     metrics, val_scores = evaluate(state, cfg, normal, spill, nuisance_split(normal, spill, cfg),
-                                   SiteInput.of(getattr(splits, "site", None)))
+                                   SiteInput.of(getattr(splits, "site_selection", None)))
     return state, metrics, val_scores, judge(metrics, val_scores, cfg)

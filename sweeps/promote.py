@@ -23,7 +23,9 @@ from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, loa
 from anomaly_ae.baselines import SEED_BASELINES
 from anomaly_ae.evaluation import operating_report, report_at_policies, site_calibration, test_report
 from anomaly_ae.checkpoints import checkpoint_payload, load_trained
+from anomaly_ae.data.site import split_description
 from anomaly_ae.validation import train_and_validate
+from sweeps.review import ReviewFiles, log_review, write_review_files
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
 # promote combines this many of the best trials and ships the ensemble when validation prefers it:
@@ -69,12 +71,6 @@ class Candidate:
         return self.payload.get("members", []) if self.payload else []
 
 
-def champion_rank(report: dict, tnr_target: float) -> tuple:
-    """Order of test figures: meeting the TNR target first, then TPR; otherwise Youden's J."""
-    meets = report["tnr"] >= tnr_target
-    return (meets, report["tpr"] if meets else report["tpr"] + report["tnr"] - 1.0, report["tnr"])
-
-
 def stated_policy(baseline: str, cfg: dict) -> str:
     """A seed baseline's own threshold policy (dropped when it was enqueued), else the config's."""
     return SEED_BASELINES[baseline]["threshold_policy"] if baseline in SEED_BASELINES else cfg["threshold_policy"]
@@ -94,8 +90,10 @@ def reference_candidates(splits, policy: str, tnr_target: float, objective: str)
 
     out = []
     test = torch.from_numpy(np.ascontiguousarray(splits.test))
+    pool = splits.site_calibration
     for ref in fit_references(splits, tnr_target, objective):
-        site = site_calibration(ref.val_scores["site"], tnr_target, splits.site) if "site" in ref.val_scores else None
+        site = None if pool is None else site_calibration(
+            ref.score(torch.from_numpy(np.ascontiguousarray(pool.images))), tnr_target, pool)
         report = report_at_policies(ref.val_scores["normal"], ref.val_scores["spill"], ref.score(test),
                                     splits.test_labels, (policy,), tnr_target, site)
         out.append(Candidate(f"ref:{ref.name}", "-", "-", None, report, own_policy=policy,
@@ -166,10 +164,11 @@ def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy:
     ensemble = Ensemble(payloads)
     val = val_scores_of(payloads)
     metrics, site = score_summary(val["normal"], val["spill"], tnr), None
-    if splits.site is not None:
-        site_scores = ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.site.images)))
-        site = site_calibration(site_scores, tnr, splits.site)
-        metrics.update(site_metrics(site_scores, val["spill"], tnr, SiteInput.of(splits.site)))
+    if splits.site_selection is not None:  # judged on the part that chooses, calibrated on the other
+        chooses, calibrates = (ensemble.score(torch.from_numpy(np.ascontiguousarray(p.images)))
+                               for p in (splits.site_selection, splits.site_calibration))
+        site = site_calibration(calibrates, tnr, splits.site_calibration)
+        metrics.update(site_metrics(chooses, val["spill"], tnr, SiteInput.of(splits.site_selection)))
     report = report_at_policies(val["normal"], val["spill"],
                                 ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.test))),
                                 splits.test_labels, (policy,), tnr, site)
@@ -237,20 +236,30 @@ def current_champion(client, model_name: str):
         return None
 
 
-def champion_check(client, model_name: str, report: dict, dataset_hash: str, tnr_target: float) -> str | None:
-    """Why the current champion should stay, or None when the candidate may replace it."""
+def comparable_key(dataset_hash: str, objective: str, selection_hash: str) -> dict[str, str]:
+    """What two detectors' validation objectives must share to be compared: the labelled data, the
+    objective, and (for the site objective) the pool part that scored them."""
+    return {"dataset_hash": dataset_hash, "objective": objective,
+            "site_selection_hash": selection_hash if objective == "site" else ""}
+
+
+def champion_check(client, model_name: str, val_objective: float, key: dict[str, str]) -> str | None:
+    """Why the current champion should stay, or None when the candidate may replace it.
+
+    Validation decides, never test: the candidate must not have a lower validation objective than the
+    champion, measured on the same data by the same objective (``comparable_key``). Test figures are
+    printed, logged and tagged, and choose nothing."""
     champ = current_champion(client, model_name)
     if champ is None:
         return None
     tags = champ.tags
-    if tags.get("dataset_hash") != dataset_hash:
-        return None  # figures on different test data are not comparable; the newer sweep wins
-    theirs = {"tpr": float(tags["test_tpr"]), "tnr": float(tags["test_tnr"])}
-    report = operating_report(report)
-    if champion_rank(theirs, tnr_target) > champion_rank(report, tnr_target):
+    if "val_objective" not in tags or any(tags.get(k, "") != v for k, v in key.items()):
+        return None  # figures on other data, by another objective, are not comparable; the newer sweep wins
+    theirs = float(tags["val_objective"])
+    if theirs > val_objective:
         return (f"the current {CHAMPION} ({model_name} version {champ.version}, trial {tags.get('trial_id', '?')}) "
-                f"has better test figures: TPR {theirs['tpr']:.4f} TNR {theirs['tnr']:.4f} against this candidate's "
-                f"TPR {report['tpr']:.4f} TNR {report['tnr']:.4f}; pass --force to replace it anyway")
+                f"has the better validation objective ({key['objective']}): {theirs:.4f} against this candidate's "
+                f"{val_objective:.4f}; pass --force to replace it anyway")
     return None
 
 
@@ -304,7 +313,7 @@ def detector_spec(promoted: Candidate, decode_size: tuple[int, int]) -> dict:
 
 
 def register(tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
-             decode_size: tuple[int, int], dataset_hash: str, config_path: Path):
+             decode_size: tuple[int, int], key: dict[str, str], split: dict[str, str], config_path: Path):
     """Log the detector as a pyfunc model (from code) in a promotion run, register it, set the alias."""
     from anomaly_ae.checkpoints import MODEL_FILE, save_checkpoint
     from anomaly_ae.serving import DETECTOR_FILE
@@ -312,7 +321,7 @@ def register(tracking_uri: str, parent, promoted: Candidate, markdown: str, mode
 
     r = operating_report(promoted.report)
     spec = detector_spec(promoted, decode_size)
-    pool = {k: v for k, v in spec["calibration"].items() if k.startswith("site_")}
+    pool = {**{k: v for k, v in spec["calibration"].items() if k.startswith("site_")}, **split}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if promoted.members:  # one checkpoint per member, loaded by serving.ProlivDetector in order
@@ -327,13 +336,15 @@ def register(tracking_uri: str, parent, promoted: Candidate, markdown: str, mode
             tracking_uri, parent, name=f"promote·{promoted.trial_id}", trial_id=promoted.trial_id,
             params={"promoted_run_id": promoted.run_id, "score": promoted.cfg["score"], "threshold": r["threshold"],
                     "threshold_source": spec["calibration"]["source"], **pool},
-            metrics={"test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": promoted.report["auroc"],
+            metrics={"val_objective": promoted.val_objective,
+                     "test_tpr": r["tpr"], "test_tnr": r["tnr"], "test_auroc": promoted.report["auroc"],
                      "val_threshold_test_tpr": promoted.report["tpr"],
                      "val_threshold_test_tnr": promoted.report["tnr"]},
             files=[folder / "test_report.md", Path(config_path)], decode_size=tuple(decode_size),
             model_artifacts={**weights, "detector": str(folder / DETECTOR_FILE)},
             model_name=model_name, description=markdown, alias=CHAMPION, version_tags={
-                "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, "dataset_hash": dataset_hash,
+                "trial_id": promoted.trial_id, "source_run_id": promoted.run_id, **key,
+                "val_objective": f"{promoted.val_objective:.6f}",
                 "test_tpr": f"{r['tpr']:.6f}", "test_tnr": f"{r['tnr']:.6f}",
                 "test_auroc": f"{promoted.report['auroc']:.6f}", "threshold": f"{r['threshold']:.9g}",
                 "score": promoted.cfg["score"], "threshold_source": spec["calibration"]["source"], **pool})
@@ -346,17 +357,7 @@ class Promotion:
     version: object
     config_path: Path
     markdown: str
-    review_path: Path | None = None  # the site crops above the shipped threshold, for a review
-
-
-def write_site_review(report: dict, pool, path: Path) -> Path:
-    """The pool crops above the site threshold, highest score first: what a review should look at."""
-    scores = report["site"]["calibration"]["scores"]
-    flagged = sorted((s, name) for s, name in zip(scores, pool.names) if s > report["site"]["threshold"])
-    path.write_text("# site crops above the shipped threshold (name score), highest first; a review's spills go\n"
-                    "# one name per line into the file given to --site-known-spills\n"
-                    + "".join(f"{name} {s:.6g}\n" for s, name in reversed(flagged)))
-    return path
+    review: ReviewFiles | None = None  # the site crops above the shipped threshold, for a person to mark
 
 
 def promote(client, tracking_uri: str, experiment: str, trial: str | None = None, retrain_seeds: list[int] = (),
@@ -364,7 +365,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
-            site_delta: float | None = None, site_known_spills: Path | None = None,
+            site_delta: float | None = None, site_review: Path | None = None,
+            site_calibration_share: float | None = None,
             ensemble: int = DEFAULT_ENSEMBLE, ensemble_distinct: bool = False, ship: str = "auto",
             log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
@@ -388,7 +390,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
         row = ok.iloc[0]
     data, splits = load_sweep_data(parent, data_dir, site_dir, site_max_spill_fraction, site_delta,
-                                   site_known_spills)
+                                   site_review, site_calibration_share)
 
     def policies(baseline: str, cfg: dict) -> tuple[str, ...]:
         own = stated_policy(baseline, cfg)
@@ -453,16 +455,41 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
         promoted = shipped
     table = comparison_table([promoted, *other, *sorted(baseline_candidates, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
-    reason = champion_check(client, model_name, promoted.report, data.labelled_hash, promoted.cfg["tnr_target"])
+    objective = parent.data.tags.get("objective", "clean")
+    key = comparable_key(data.labelled_hash, objective,
+                         splits.site_selection.content_hash if splits.site_selection is not None else "")
+    reason = champion_check(client, model_name, promoted.val_objective, key)
     if reason and not force:
         raise PromotionRefused(reason)
     config_path = write_best_config(promoted.members[0]["config"] if promoted.members else promoted.cfg, config_out)
-    version = register(tracking_uri, parent, promoted, markdown, model_name, data.size, data.labelled_hash,
-                       config_path)
+    split = {} if splits.site_selection is None else split_description(
+        splits.site_selection, splits.site_calibration, data_share(parent, site_calibration_share))
+    version = register(tracking_uri, parent, promoted, markdown, model_name, data.size, key, split, config_path)
     review = None
     if "site" in promoted.report:
-        review = write_site_review(promoted.report, splits.site, Path(config_out).with_name("site_review.txt"))
+        review = review_round(client, version, promoted, data.site, splits.site_calibration, Path(config_out).parent)
     return Promotion(promoted, table, version, config_path, markdown, review)
+
+
+def data_share(parent, override: float | None) -> float:
+    from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE
+
+    return override if override is not None else float(
+        parent.data.tags.get("site_calibration_share", DEFAULT_CALIBRATION_SHARE))
+
+
+def review_round(client, version, promoted: Candidate, whole, calibration, folder: Path) -> ReviewFiles:
+    """The next review round's file and page (earlier verdicts kept), logged to the promotion run."""
+    from anomaly_ae.data.site import read_review
+
+    site = promoted.report["site"]
+    earlier = (read_review(whole.review_file, whole.names + list(whole.removed), whole.root)
+               if whole.review_file else None)
+    files = write_review_files(site["calibration"]["scores"], site["threshold"], calibration, earlier, folder,
+                               f"Site review: {promoted.variant} ({promoted.score}), {version.name} "
+                               f"version {version.version}")
+    log_review(client, version.run_id, files, calibration)
+    return files
 
 
 def format_comparison(table: pd.DataFrame) -> str:
@@ -487,10 +514,12 @@ def promotion_lines(result: "Promotion", threshold_policy: str, model_name: str)
     lines.append(f"  validation threshold: {operating_line(p.report)}")
     if "site" in p.report:
         lines.append(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
-    if result.review_path is not None:
-        lines.append(f"wrote {result.review_path}: the site crops above the shipped threshold, highest first. "
-                     f"Spills among them use false-alarm slots the rule must assume are normals'; list the ones a "
-                     f"review confirms in a file and promote again with --site-known-spills FILE")
+    if result.review is not None:
+        lines.append(f"wrote {result.review.page} and {result.review.table}: the {result.review.flagged} crops of the "
+                     f"pool's calibration part above the shipped threshold, highest first, to mark spill or normal "
+                     f"(open the page, mark, save). Spills among them use false-alarm slots the rule must assume are "
+                     f"normals'; promote again with --site-review {result.review.table.name} to take the marked "
+                     f"spills out of the pool")
     lines.append(f"registered {model_name} version {result.version.version} with alias 'champion' "
                  f"(models:/{model_name}@champion)")
     lines.append(f"wrote {result.config_path} (reproduce with: python run_search.py search --config "

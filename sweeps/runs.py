@@ -122,25 +122,30 @@ def sweep_frame(client, parent) -> pd.DataFrame:
 
 def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
                     max_spill_fraction: float | None = None, delta: float | None = None,
-                    known_spills: Path | None = None):
-    """The sweep's dataset and splits, with its site pool (or ``site_dir``, a new window of site crops).
+                    review: Path | None = None, calibration_share: float | None = None):
+    """The sweep's dataset and splits, with its site pool (or ``site_dir``, a new window of site crops)
+    split as the sweep split it (or at ``calibration_share``).
 
     train/, proliv/ and test/ must be what the sweep saw (content hash); so must its site pool, unless
-    ``site_dir`` replaces it."""
+    ``site_dir`` or a new ``review`` changes it on purpose."""
     from anomaly_ae.data import load_proliv, make_splits
+    from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE
 
     tags = parent.data.tags
     root = Path(data_dir or tags.get("dataset_path", ""))
     bound = float(tags.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
     risk = float(tags.get("site_delta", 0.05)) if delta is None else delta
+    # Sweeps from before the split chose on the whole pool: promote splits it at the default share then.
+    share = float(tags.get("site_calibration_share", DEFAULT_CALIBRATION_SHARE)) if calibration_share is None \
+        else calibration_share
     sweep_site = tags.get("site_path") if "site_hash" in tags else None
-    sweep_review = tags.get("site_known_spills_file") or None
+    sweep_review = tags.get("site_review_file") or tags.get("site_known_spills_file") or None
     # A new window or a new review changes the pool on purpose; only the sweep's own pool is checked.
-    same_pool = site_dir is None and (known_spills is None or str(known_spills) == sweep_review)
+    same_pool = site_dir is None and (review is None or str(review) == sweep_review)
     if same_pool:
-        known_spills = sweep_review
+        review = sweep_review
     data = load_proliv(root, site=sweep_site if site_dir is None else site_dir, site_max_spill_fraction=bound,
-                       site_delta=risk, site_known_spills=known_spills)
+                       site_delta=risk, site_review=review)
     # Sweeps from before site pools recorded no labelled_hash: their dataset_hash is that hash.
     expected = tags.get("labelled_hash") or (tags.get("dataset_hash") if "site_hash" not in tags else None)
     if expected and data.labelled_hash != expected:
@@ -151,7 +156,7 @@ def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
                             f"{data.site.content_hash[:12]}, the sweep saw {tags['site_hash'][:12]}); pass --site "
                             f"to calibrate on the pool as it is now")
     splits = make_splits(data, float(tags.get("val_normal_fraction", 0.1)), float(tags.get("val_spill_fraction", 1.0)),
-                         int(tags.get("split_seed", 0)))
+                         int(tags.get("split_seed", 0)), site_calibration_share=share)
     return data, splits
 
 

@@ -12,6 +12,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +78,8 @@ def risk(text: str) -> float:
     return value
 
 
-def add_site_arguments(p: argparse.ArgumentParser, folder_help: str | None = None) -> None:
-    """The site pool's options, shared by search, promote and predict."""
+def add_site_arguments(p: argparse.ArgumentParser, folder_help: str | None = None, split: bool = True) -> None:
+    """The site pool's options, shared by search, promote and predict (which chooses nothing: no ``split``)."""
     p.add_argument("--site", type=Path, default=None,
                    help=folder_help or "site pool: unlabelled crops from where the detector will run (default: "
                                        "DATA/site/ when it exists)")
@@ -86,9 +87,17 @@ def add_site_arguments(p: argparse.ArgumentParser, folder_help: str | None = Non
                    help=f"stated upper bound on the share of spills in the site pool (default {DEFAULT_SITE_SPILL_BOUND})")
     p.add_argument("--site-delta", type=risk, default=None,
                    help=f"risk that the site threshold breaks its TNR promise (default {DEFAULT_SITE_RISK})")
-    p.add_argument("--site-known-spills", type=Path, default=None, metavar="FILE",
-                   help="names of site crops a review found to be spills, one per line: they are left out of the "
-                        "pool and the spill bound shrinks by as many (promote writes the crops to review)")
+    p.add_argument("--site-review", "--site-known-spills", dest="site_review", type=Path, default=None,
+                   metavar="FILE", help="a review of site crops, as promote writes it (site_review.tsv, its verdict "
+                   "column filled): crops marked spill are left out of the pool and the spill bound shrinks by as "
+                   "many; crops marked normal stay. --site-known-spills is its old name (one spill's name a line, "
+                   "still read)")
+    if not split:
+        return
+    p.add_argument("--site-calibration-share", type=risk, default=None, metavar="SHARE",
+                   help="share of the site pool that only fixes the shipped threshold; the rest scores trials and "
+                        "promote's choices, so the crops that calibrate chose nothing (split by a hash of each "
+                        f"crop's name; default {DEFAULT_CALIBRATION_SHARE}, or the sweep's)")
 
 
 def option(help: str, **argparse_kwargs):
@@ -96,7 +105,7 @@ def option(help: str, **argparse_kwargs):
     return {"help": help, **argparse_kwargs}
 
 
-SITE_FIELDS = ("site", "site_max_spill_fraction", "site_delta", "site_known_spills")
+SITE_FIELDS = ("site", "site_max_spill_fraction", "site_delta", "site_review", "site_calibration_share")
 
 
 # ----------------------------------------------------------------- the spec
@@ -166,7 +175,8 @@ class SweepSpec:
     site: Path | None = None
     site_max_spill_fraction: float | None = None
     site_delta: float | None = None
-    site_known_spills: Path | None = None
+    site_review: Path | None = None
+    site_calibration_share: float | None = None
     warm_start: str | None = field(default=None, metadata=option(
         "seed the study with the finished trials of these experiments' sweeps (default: earlier sweeps of this "
         "space on the same dataset content in this tracking store)", metavar="EXPERIMENT[,EXPERIMENT...]"))
@@ -223,6 +233,10 @@ class SweepSpec:
     @property
     def site_risk(self) -> float:
         return DEFAULT_SITE_RISK if self.site_delta is None else self.site_delta
+
+    @property
+    def site_share(self) -> float:
+        return DEFAULT_CALIBRATION_SHARE if self.site_calibration_share is None else self.site_calibration_share
 
     def search_space(self, perceptual: bool):
         """The define-by-run space this spec searches (search_spaces.get_space)."""

@@ -134,6 +134,7 @@ class Sweep:
     def create(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
         """Validate, load the data, enqueue the fixed trials, open the parent run, score the references."""
         from anomaly_ae.data import load_proliv, make_splits
+        from anomaly_ae.data.site import split_description
         from anomaly_ae.tracking import SweepRun
 
         configure_environment()
@@ -143,9 +144,11 @@ class Sweep:
         data_dir = ensure_dataset(spec.data, spec.scale, log)
         tick = time.perf_counter()
         data = load_proliv(data_dir, site=spec.site, site_max_spill_fraction=spec.site_bound,
-                           site_delta=spec.site_risk, site_known_spills=spec.site_known_spills)
-        splits = make_splits(data, spec.val_fraction, spec.val_spill_fraction, seed=0)
-        site_note = f", {len(data.site)} site crops from {data.site.root}" if data.site is not None else ", no site pool"
+                           site_delta=spec.site_risk, site_review=spec.site_review)
+        splits = make_splits(data, spec.val_fraction, spec.val_spill_fraction, seed=0,
+                             site_calibration_share=spec.site_share)
+        site_note = (f", {len(data.site)} site crops from {data.site.root} ({len(splits.site_selection)} choose, "
+                     f"{len(splits.site_calibration)} calibrate)" if data.site is not None else ", no site pool")
         log(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
             f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)")
         spec = resolve_objective(spec, data.site)
@@ -162,6 +165,8 @@ class Sweep:
             "score_selection": spec.score_selection, "sampler": spec.sampler, "scheduler": spec.scheduler,
             "seed": str(spec.seed), "grace_period": str(spec.grace_period), "labelled_hash": data.labelled_hash,
             **(data.site.describe() if data.site is not None else {}),
+            **(split_description(splits.site_selection, splits.site_calibration, spec.site_share)
+               if data.site is not None else {}),
         }
         warm_trials = gather_warm_start(spec, tags, perceptual, log)
         run = SweepRun.create(spec.tracking_uri, spec.experiment_name, tags)

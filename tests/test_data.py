@@ -99,7 +99,7 @@ def test_splits_are_seeded_and_disjoint(tiny_data_dir, tmp_path):
 def test_generated_dataset_counts_and_look(tmp_path):
     counts = make_dataset(tmp_path / "gen", scale=0.05, seed=2)
     assert counts == {"train": 500, "proliv": 8, "test": round(COUNTS["test_normal"] * 0.05) + 6, "test_spills": 6,
-                      "site": 100}
+                      "site": 160}
     lines = (tmp_path / "gen" / "test" / "test_annotation.txt").read_text().split("\n")
     assert sum(line.endswith(" 1") for line in lines) == 6
     sizes = {Image.open(p).size for p in (tmp_path / "gen" / "train").iterdir()}
@@ -179,7 +179,7 @@ def test_generated_site_pool_is_unlabelled_shifted_and_disjoint_from_test(tmp_pa
 
 
 def test_reviewed_spills_leave_the_pool_and_the_bound_shrinks_by_as_many(tmp_path):
-    from anomaly_ae.data.loading import reviewed_bound
+    from anomaly_ae.data.site import reviewed_bound
 
     # 1,000 crops at a 5% bound allow 50 spills; a review took 30 out: at most 20 among the 970 left.
     assert reviewed_bound(1000, 0.05, 30) == pytest.approx(20 / 970)
@@ -190,11 +190,11 @@ def test_reviewed_spills_leave_the_pool_and_the_bound_shrinks_by_as_many(tmp_pat
     for i in range(6):
         Image.fromarray(np.full((30, 48, 3), 40 * i, np.uint8)).save(pool / f"{i}.png")
     review = tmp_path / "spills.txt"
-    review.write_text("# confirmed by a review\n4.png\n5.png\n")
-    site = load_site_pool(pool, (32, 48), max_spill_fraction=0.5, known_spills=review)
-    assert site.names == ["0.png", "1.png", "2.png", "3.png"] and site.known_spills == 2
+    review.write_text("# confirmed by a review (the old form: one spill's name a line)\n4.png\n5.png\n")
+    site = load_site_pool(pool, (32, 48), max_spill_fraction=0.5, review=review)
+    assert site.names == ["0.png", "1.png", "2.png", "3.png"] and site.removed == ("4.png", "5.png")
     assert site.max_spill_fraction == pytest.approx(1 / 4)  # floor(0.5 * 6) - 2 = 1 of the 4 left
-    assert site.describe()["site_max_spill_fraction"] == "0.5" and site.describe()["site_known_spills"] == "2"
+    assert site.describe()["site_max_spill_fraction"] == "0.5" and site.describe()["site_review_spills"] == "2"
     review.write_text("4.png\nnot-there.png\n")
     with pytest.raises(DatasetError, match="spills.txt:2: 'not-there.png' is not a crop of the site pool"):
-        load_site_pool(pool, (32, 48), known_spills=review)
+        load_site_pool(pool, (32, 48), review=review)

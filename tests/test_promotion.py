@@ -6,10 +6,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import run_search
-from sweeps.promote import best_config, evaluate_once, promote, champion_rank
+from sweeps.promote import best_config, promote
 from analysis.report import analyze
 from sweeps.runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
-from anomaly_ae.evaluation import operating_report
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +36,16 @@ def test_analyze_cli_names_a_missing_experiment(tiny_sweep, capsys):
     assert "no MLflow experiment 'nope'" in capsys.readouterr().err
 
 
-def _test_ranks(client, tiny_sweep):
-    """Each trial's test rank, computed the way promote does, to pick a better and a worse one."""
-    parent = find_parent_run(client, tiny_sweep.experiment)
-    frame = sweep_frame(client, parent)
-    _, splits = load_sweep_data(parent, None)
-    ranks = {}
-    for _, row in frame.iterrows():
-        payload = download_checkpoint(client, row["run_id"], tiny_sweep.tmp / row["run_id"])
-        ranks[row["trial_id"]] = champion_rank(operating_report(evaluate_once(payload, splits)),
-                                               payload["config"]["tnr_target"])
-    return ranks
+def _validation_ranks(client, tiny_sweep):
+    """Each trial's validation objective, the figure promote's champion gate compares."""
+    frame = sweep_frame(client, find_parent_run(client, tiny_sweep.experiment))
+    return {row["trial_id"]: download_checkpoint(client, row["run_id"], tiny_sweep.tmp / row["run_id"])["report"]["objective"]
+            for _, row in frame.iterrows()}
 
 
 def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep, tmp_path, capsys):
     client = MlflowClient(tiny_sweep.uri)
-    ranks = _test_ranks(client, tiny_sweep)
+    ranks = _validation_ranks(client, tiny_sweep)
     better, worse = max(ranks, key=ranks.get), min(ranks, key=ranks.get)
     assert ranks[better] > ranks[worse], ranks
     common = ["--experiment", tiny_sweep.experiment, "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model"]
@@ -65,6 +58,7 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert sum(name in out for name in ("seed000", "seed001", "seed002")) == 3
     champion = client.get_model_version_by_alias("itest-model", "champion")
     assert champion.tags["trial_id"] == better
+    assert float(champion.tags["val_objective"]) == pytest.approx(ranks[better], abs=1e-6)
     assert "fixed on validation normals" in champion.description and "fixed on the site pool" in champion.description
 
     # best_config.yaml round-trips through `search --config`.
@@ -75,9 +69,9 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert config == {**config, **yaml.safe_load(config_out.read_text())}
     assert "baseline" not in yaml.safe_load(config_out.read_text())
 
-    # A worse candidate does not replace the champion without --force.
+    # A candidate worse on validation does not replace the champion without --force; test decides nothing.
     assert run_search.main(["promote", *common, "--trial", worse, "--config-out", str(tmp_path / "w.yaml")]) == 3
-    assert "pass --force" in capsys.readouterr().err
+    assert "better validation objective" in (err := capsys.readouterr().err) and "pass --force" in err
     assert client.get_model_version_by_alias("itest-model", "champion").version == champion.version
     assert not (tmp_path / "w.yaml").exists()
     assert run_search.main(["promote", *common, "--trial", worse, "--force", "--config-out",
@@ -115,7 +109,7 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     model = __import__("mlflow").pyfunc.load_model("models:/itest-model@champion").unwrap_python_model()
     pool = load_site_pool(tiny_sweep.data / "site", tuple(model.detector["decode_size"]))
     expected = site_threshold(model.score(pool.images), 0.95, 0.05, 0.05)
-    assert f"threshold {expected:.6g}" in printed and "recalibrated on 100 site crops" in printed
+    assert f"threshold {expected:.6g}" in printed and f"recalibrated on {len(pool)} site crops" in printed
     scores = pd.read_csv(csv)
     assert ((scores["score"] > expected).astype(int) == scores["label"]).all()
     # A window too small for the rule is refused with the size it needs.
@@ -220,28 +214,54 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     version = client.get_model_version_by_alias("itest-policy", "champion")
     parent = find_parent_run(client, tiny_sweep.experiment)
     _, splits = load_sweep_data(parent, None)
-    site = report["site"]
+    site, calibration = report["site"], splits.site_calibration
+    # The shipped threshold comes from the pool's calibration part, which chose nothing.
     assert site["threshold"] == site_threshold(site["calibration"]["scores"], 0.95, 0.05, 0.05)
-    assert len(site["calibration"]["scores"]) == len(splits.site)
+    assert len(site["calibration"]["scores"]) == len(calibration)
+    assert not set(calibration.names) & set(splits.site_selection.names)
     assert float(version.tags["threshold"]) == pytest.approx(site["threshold"])
     assert version.tags["threshold_source"] == "site"
-    assert version.tags["site_hash"] == splits.site.content_hash == parent.data.tags["site_hash"]
-    assert version.tags["site_size"] == str(len(splits.site))
+    assert version.tags["site_hash"] == calibration.content_hash == parent.data.tags["site_calibration_hash"]
+    assert version.tags["site_selection_hash"] == splits.site_selection.content_hash
+    assert version.tags["site_size"] == version.tags["site_calibration_size"] == str(len(calibration))
     assert version.tags["site_max_spill_fraction"] == "0.05" and version.tags["site_delta"] == "0.05"
+    assert version.tags["site_calibration_share"] == "0.5"
     assert row["site_tnr"] == site["tnr"] and row["test_tnr"] == report["tnr"]  # both rows, side by side
     assert {"ref:pca16", "ref:knn5"} <= set(result.table["config"])
     assert result.table["site_tpr"].notna().all()  # the references and baselines at the site threshold too
-    # The crops to review: the pool's crops above the shipped threshold, highest first.
-    listed = [line.split() for line in result.review_path.read_text().splitlines() if not line.startswith("#")]
-    flagged = {n for n, s in zip(splits.site.names, site["calibration"]["scores"]) if s > site["threshold"]}
-    assert {name for name, _ in listed} == flagged
-    assert [float(s) for _, s in listed] == sorted((float(s) for _, s in listed), reverse=True)
-    # A review's spills leave the pool: the threshold is fixed again on what is left, and the version says so.
-    known = tmp_path / "known.txt"
-    known.write_text("\n".join(name for name, _ in listed[:2]) + "\n")
+
+    # The review: the calibration crops above the shipped threshold, highest first, in a file read as written.
+    from anomaly_ae.data.site import read_review
+
+    flagged = {n for n, s in zip(calibration.names, site["calibration"]["scores"]) if s > site["threshold"]}
+    table = result.review.table
+    written = read_review(table, calibration.names, calibration.root)
+    assert set(written.verdicts) == flagged and set(written.verdicts.values()) == {""}
+    scores = [written.scores[n] for n in written.verdicts]
+    assert scores == sorted(scores, reverse=True) and len(flagged) >= 2
+    logged = {a.path for a in client.list_artifacts(version.run_id, "review")}
+    assert {"review/site_review.tsv", "review/site_review.html"} <= logged
+    assert len(client.list_artifacts(version.run_id, "review/top")) == min(16, len(flagged))
+    # Accepted as written: nothing marked, nothing leaves the pool.
+    unmarked = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
+                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_review=table,
+                       log=lambda *_: None)
+    assert unmarked.promoted.report["site"]["calibration"]["site_size"] == str(len(calibration))
+    # A round: the top crop marked spill leaves the pool, the next marked normal stays; the next file
+    # carries both verdicts.
+    lines = table.read_text().splitlines()
+    rows = [i for i, line in enumerate(lines) if not line.startswith("#") and not line.startswith("name")]
+    spill, normal = lines[rows[0]].split("\t")[0], lines[rows[1]].split("\t")[0]
+    lines[rows[0]] += "spill"
+    lines[rows[1]] += "normal"
+    table.write_text("\n".join(lines) + "\n")
     reviewed = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
-                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_known_spills=known,
+                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_review=table,
                        log=lambda *_: None)
     kept = reviewed.promoted.report["site"]["calibration"]
-    assert kept["site_size"] == str(len(splits.site) - len(listed[:2])) and kept["site_known_spills"] == str(len(listed[:2]))
-    assert client.get_model_version_by_alias("itest-policy", "champion").tags["site_known_spills"] == str(len(listed[:2]))
+    assert kept["site_size"] == str(len(calibration) - 1)
+    assert kept["site_review_spills"] == "1" and kept["site_review_normals"] == "1"
+    tags = client.get_model_version_by_alias("itest-policy", "champion").tags
+    assert tags["site_review_spills"] == "1" and tags["site_size"] == str(len(calibration) - 1)
+    next_round = read_review(reviewed.review.table, calibration.names + [spill], calibration.root)
+    assert next_round.verdicts[spill] == "spill" and next_round.verdicts[normal] == "normal"

@@ -46,13 +46,13 @@ def test_reports_every_epoch_with_stable_keys_and_checkpoint(reports, tiny_split
     assert payload["config"]["score"] == "topk" and payload["epoch"] == 3
     assert set(payload["val_scores"]) == {"normal", "spill", "site"}  # the tiny dataset has a site pool
     assert len(payload["val_scores"]["spill"]["topk"]) == len(tiny_splits.val_spill)
-    assert len(payload["val_scores"]["site"]["topk"]) == len(tiny_splits.site)
+    assert len(payload["val_scores"]["site"]["topk"]) == len(tiny_splits.site_selection)
     # Both objectives are reported whichever judges the trial, and the site one is the spills' TPR at the
     # threshold the site rule fixes on the trial's own pool scores.
     from anomaly_ae.thresholds import site_threshold
 
     site = payload["val_scores"]["site"]["topk"]
-    threshold = site_threshold(site, 0.95, tiny_splits.site.max_spill_fraction, tiny_splits.site.delta)
+    threshold = site_threshold(site, 0.95, tiny_splits.site_selection.max_spill_fraction, tiny_splits.site_selection.delta)
     assert metrics["site_threshold"] == threshold
     assert metrics["objective_site"] == np.mean(payload["val_scores"]["spill"]["topk"] > threshold)
     assert metrics["objective_clean"] == metrics["objective"]

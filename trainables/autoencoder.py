@@ -200,7 +200,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(splits, k))).to(dev)
                for k in ("train", "val_normal", "val_spill")}
     shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
-    site = SiteInput.of(splits.site, dev)
+    site = SiteInput.of(splits.site_selection, dev)
     start_epoch, best = 0, -math.inf
     resumed = tune.get_checkpoint()
     if resumed is not None:

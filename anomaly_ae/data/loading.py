@@ -11,7 +11,6 @@ Layout::
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,85 +19,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anomaly_ae.data.errors import DatasetError
+from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE, Review, SitePool, read_review
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_SIZE = (32, 48)  # (H, W): keeps the crops' wide ~30x48 aspect
 CACHE_VERSION = 1
 SITE_DIR = "site"
 
 
-class DatasetError(ValueError):
-    """Bad input data; the message names the file (and line) at fault."""
-
-
-@dataclass
-class SitePool:
-    """Unlabelled crops from the conditions where the detector runs (a few may be spills).
-
-    ``max_spill_fraction`` bounds the share of spills among these crops, and ``delta`` is the risk the
-    site threshold may break its TNR promise; both feed ``site_threshold``. Crops a review found to be
-    spills (``known_spills`` of them) are left out, and the bound shrinks by as many (``stated_bound``
-    is the user's, as a share of the whole folder).
-    """
-
-    images: np.ndarray
-    names: list[str]
-    content_hash: str
-    root: str
-    max_spill_fraction: float = 0.05
-    delta: float = 0.05
-    stated_bound: float | None = None
-    known_spills: int = 0
-    known_spills_file: str = ""
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def describe(self) -> dict[str, str]:
-        """What records the pool a threshold was fixed on (sweep tags, registry version tags)."""
-        stated = self.max_spill_fraction if self.stated_bound is None else self.stated_bound
-        out = {"site_hash": self.content_hash, "site_size": str(len(self)), "site_path": self.root,
-               "site_max_spill_fraction": f"{stated:g}", "site_delta": f"{self.delta:g}"}
-        if self.known_spills_file:
-            out.update(site_known_spills=str(self.known_spills), site_known_spills_file=self.known_spills_file)
-        return out
-
-
-def read_known_spills(path, pool_names: list[str], folder) -> set[str]:
-    """Names of pool crops a review found to be spills, one per line; every name must be in the pool."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing known-spills file: {path}")
-    names, present = set(), set(pool_names)
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        name = raw.strip()
-        if not name or name.startswith("#"):
-            continue
-        if name not in present:
-            raise DatasetError(f"{path}:{lineno}: {name!r} is not a crop of the site pool {folder}")
-        names.add(name)
-    return names
-
-
-def reviewed_bound(n_folder: int, stated: float, known: int) -> float:
-    """The spill bound of a pool whose ``known`` reviewed spills were taken out, as a share of what is left.
-
-    The stated bound allows floor(stated * n) spills in the whole folder; the review took ``known`` of
-    them out, so at most floor(stated * n) - known remain among the n - known crops kept. The normals
-    are all still there, and still i.i.d., so the site rule's guarantee carries over."""
-    allowed = int(math.floor(stated * n_folder + 1e-9))
-    if known > allowed:
-        raise DatasetError(f"the review found {known} spills in a site pool of {n_folder} crops, more than the "
-                           f"stated bound of {stated:g} allows ({allowed}); raise --site-max-spill-fraction")
-    return (allowed - known) / (n_folder - known)
-
-
-def site_files_of(folder: Path, known_spills) -> tuple[list[Path], list[Path]]:
-    """(the pool's image files, those a review found to be spills and so left out)."""
+def site_files_of(folder: Path, review) -> tuple[list[Path], Review | None]:
+    """(the pool's image files less those a review found to be spills, the review read)."""
     files = list_images(folder)
-    if known_spills is None:
-        return files, []
-    known = read_known_spills(known_spills, [p.name for p in files], folder)
-    return [p for p in files if p.name not in known], [p for p in files if p.name in known]
+    if review is None:
+        return files, None
+    read = read_review(review, [p.name for p in files], folder)
+    spills = read.spills
+    return [p for p in files if p.name not in spills], read
 
 
 @dataclass
@@ -198,27 +135,27 @@ def site_folder(root: Path, site) -> Path | None:
     return default if default.exists() else None
 
 
-def make_site_pool(images: np.ndarray, folder: Path, files: list[Path], removed: list[Path], key: str,
-                   max_spill_fraction: float, delta: float, known_spills) -> SitePool:
-    n_folder = len(files) + len(removed)
-    bound = reviewed_bound(n_folder, max_spill_fraction, len(removed)) if known_spills else max_spill_fraction
-    return SitePool(images, [p.name for p in files], key, str(folder), bound, delta, max_spill_fraction, len(removed),
-                    str(known_spills) if known_spills else "")
+def make_site_pool(images: np.ndarray, folder: Path, files: list[Path], review: Review | None, key: str,
+                   max_spill_fraction: float, delta: float) -> SitePool:
+    if review is None:
+        return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta)
+    return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta,
+                    removed=tuple(sorted(review.spills)), review_file=review.path, reviewed_normals=len(review.normals))
 
 
 def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = 0.05,
-                   delta: float = 0.05, known_spills=None) -> SitePool:
-    """Decode a folder of unlabelled site crops (no cache: a new window is scored once); crops named in
-    ``known_spills`` (a review's finds) are left out."""
+                   delta: float = 0.05, review=None) -> SitePool:
+    """Decode a folder of unlabelled site crops (no cache: a new window is scored once); crops a
+    ``review`` file marks as spills are left out."""
     folder = Path(folder)
-    files, removed = site_files_of(folder, known_spills)
-    return make_site_pool(decode_images(files, size), folder, files, removed, content_hash(files),
-                          max_spill_fraction, delta, known_spills)
+    files, read = site_files_of(folder, review)
+    return make_site_pool(decode_images(files, size), folder, files, read, content_hash(files),
+                          max_spill_fraction, delta)
 
 
 def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | None = None, site=None,
                 site_max_spill_fraction: float = 0.05, site_delta: float = 0.05,
-                site_known_spills=None) -> ProlivData:
+                site_review=None) -> ProlivData:
     """Decode the folder at ``root`` to ``size`` (H, W), reusing the cache when content is unchanged.
 
     The site pool (``site``, or ``ROOT/site/`` when it exists) is decoded and cached with the rest,
@@ -235,7 +172,7 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
     test_names, test_labels = parse_annotation(annotation, test_dir)
     test_files = [test_dir / n for n in test_names]
     site_dir = site_folder(root, site)
-    site_files, removed = site_files_of(site_dir, site_known_spills) if site_dir is not None else ([], [])
+    site_files, review = site_files_of(site_dir, site_review) if site_dir is not None else ([], None)
 
     labelled = key = content_hash(train_files + proliv_files + test_files, [annotation])
     site_key = content_hash(site_files) if site_files else None
@@ -247,8 +184,7 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
     def site_pool(images):
         if site_key is None:
             return None
-        return make_site_pool(images, site_dir, site_files, removed, site_key, site_max_spill_fraction, site_delta,
-                              site_known_spills)
+        return make_site_pool(images, site_dir, site_files, review, site_key, site_max_spill_fraction, site_delta)
 
     if cache_file.is_file():
         with np.load(cache_file) as z:
@@ -293,11 +229,14 @@ class Splits:
     test_labels: np.ndarray
     test_names: list[str]
     content_hash: str
-    site: SitePool | None = None
+    # The site pool's two parts (anomaly_ae.data.site): one scores trials and promote's choices, the
+    # other fixes the shipped threshold and chose nothing.
+    site_selection: SitePool | None = None
+    site_calibration: SitePool | None = None
 
 
 def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fraction: float = 1.0,
-                seed: int = 0) -> Splits:
+                seed: int = 0, site_calibration_share: float = DEFAULT_CALIBRATION_SHARE) -> Splits:
     if not 0.0 < val_normal_fraction < 1.0:
         raise ValueError(f"val_normal_fraction must be in (0, 1), got {val_normal_fraction}")
     if not 0.0 < val_spill_fraction <= 1.0:
@@ -307,6 +246,7 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
     n_val = max(1, int(round(val_normal_fraction * len(order))))
     spill_order = rng.permutation(len(data.proliv))
     n_spill = max(1, int(round(val_spill_fraction * len(spill_order))))
+    selection, calibration = data.site.split(site_calibration_share) if data.site is not None else (None, None)
     return Splits(
         train=data.train[np.sort(order[n_val:])],
         val_normal=data.train[np.sort(order[:n_val])],
@@ -315,5 +255,6 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
         test_labels=data.test_labels,
         test_names=data.test_names,
         content_hash=data.content_hash,
-        site=data.site,
+        site_selection=selection,
+        site_calibration=calibration,
     )
