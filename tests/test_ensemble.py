@@ -1,39 +1,61 @@
-"""Ensemble normalisation and threshold on hand-computed cases."""
+"""Ensemble normalisation and threshold on hand-computed cases, and under a site shift."""
+import math
+
 import numpy as np
 import pytest
 
-from anomaly_ae.ensemble import combine, rank_normalise, val_scores_of
+from anomaly_ae.ensemble import combine, tail_surprise, val_scores_of
+from anomaly_ae.selection import site_summary
 from anomaly_ae.thresholds import select_threshold
 
+NORMALS = np.arange(1.0, 21.0)  # 1..20: the top tenth is (19, 20), its mean excess 0.5
 
-def test_rank_normalise_by_hand():
-    # Below every normal, tied with one (counts half), between two, above every one.
-    np.testing.assert_allclose(rank_normalise([0, 2, 2.5, 5], [4, 1, 3, 2]), [0, 0.375, 0.5, 1.0])
+
+def test_tail_surprise_by_hand():
+    # Below every normal: tail 21/21. At 10: 11 normals at or above, (11 + 1) / 21. At the largest: 2/21.
+    # One past it: two tail scales beyond, exp(-2) / 21.
+    np.testing.assert_allclose(tail_surprise([0.5, 10, 20, 21], NORMALS),
+                               [0.0, math.log(21 / 12), math.log(21 / 2), 2 + math.log(21)])
 
 
 def test_combined_scores_and_threshold_by_hand():
-    a_normals, b_normals = np.array([1.0, 2, 3, 4]), np.array([10.0, 20, 40, 30])
-    # Normal crop i scores (a_i, b_i): ranks (.125, .125), (.375, .375), (.625, .875), (.875, .625).
-    normals = combine([a_normals, b_normals], [a_normals, b_normals])
-    np.testing.assert_allclose(normals, [0.125, 0.375, 0.75, 0.75])
-    # A spill far out for member a, middling for b: (1.0 + 0.5) / 2.
-    spill = combine([np.array([5.0]), np.array([25.0])], [a_normals, b_normals])
-    np.testing.assert_allclose(spill, [0.75])
-    # TNR >= 0.5 on the combined normals: the 2nd smallest; the spill stands above it.
-    threshold = select_threshold("tnr_target", normals, spill, 0.5)
-    assert threshold == pytest.approx(0.375) and spill[0] > threshold
-    # One member on a scale 1000 times larger changes nothing: ranks are scale-free.
-    np.testing.assert_allclose(combine([a_normals, 1000 * b_normals], [a_normals, 1000 * b_normals]), normals)
+    a, b = NORMALS, 10 * NORMALS[::-1]
+    normals = combine([a, b], [a, b])
+    # Normal crop i scores (i, 10 * (21 - i)): its two surprises, averaged.
+    expected = [(math.log(21 / (22 - i)) + math.log(21 / (i + 1))) / 2 for i in range(1, 21)]
+    np.testing.assert_allclose(normals, expected)
+    spill = combine([np.array([21.0]), np.array([100.0])], [a, b])
+    np.testing.assert_allclose(spill, [(2 + math.log(21) + math.log(21 / 12)) / 2])
+    threshold = select_threshold("tnr_target", normals, spill, 0.9)
+    assert spill[0] > threshold
+    # One member on a scale 1000 times larger changes nothing: each member counts in its own units.
+    np.testing.assert_allclose(combine([a, 1000 * b], [a, 1000 * b]), normals)
+
+
+def test_the_combined_score_does_not_saturate_under_a_site_shift():
+    """Every pool crop above all of a member's validation normals once tied at rank 1, so the site
+    threshold landed on the tie and flagged nothing (site TPR 0). The surprise keeps ordering them: the
+    ensemble of two good members keeps at least its best member's site TPR."""
+    rng = np.random.default_rng(0)
+    val = [rng.normal(size=500), rng.normal(size=500)]
+    pool = [rng.normal(4.0, 1.0, 800), rng.normal(4.0, 1.0, 800)]  # the site's light moves every score up
+    spills = [rng.normal(9.0, 1.5, 60), rng.normal(9.0, 1.5, 60)]  # and the spills' with them
+    members = [site_summary(p, s, 0.95, 0.05, 0.05)["tpr_at_site"] for p, s in zip(pool, spills)]
+    ensemble = site_summary(combine(pool, val), combine(spills, val), 0.95, 0.05, 0.05)["tpr_at_site"]
+    ranks = [np.searchsorted(np.sort(v), p, side="right") / v.size for v, p in zip(val, pool)]
+    assert np.mean(np.mean(ranks, axis=0) == 1.0) > 0.05  # ranks would tie at the top past the rule's rank
+    assert min(members) > 0.5
+    assert ensemble >= max(members), (ensemble, members)
 
 
 def test_ensemble_val_scores_come_from_each_members_own_score():
-    payloads = [{"config": {"score": "mse"}, "val_scores": {"normal": {"mse": [1.0, 2, 3, 4], "l1": [9.0] * 4},
-                                                            "spill": {"mse": [5.0], "l1": [0.0]}}},
-                {"config": {"score": "knn_mean"}, "val_scores": {"normal": {"knn_mean": [10.0, 20, 40, 30]},
-                                                                 "spill": {"knn_mean": [25.0]}}}]
+    payloads = [{"config": {"score": "mse"}, "val_scores": {"normal": {"mse": NORMALS, "l1": [9.0] * 20},
+                                                            "spill": {"mse": [21.0], "l1": [0.0]}}},
+                {"config": {"score": "knn_mean"}, "val_scores": {"normal": {"knn_mean": 2 * NORMALS},
+                                                                 "spill": {"knn_mean": [42.0]}}}]
     val = val_scores_of(payloads)
-    np.testing.assert_allclose(val["normal"], [0.125, 0.375, 0.75, 0.75])
-    np.testing.assert_allclose(val["spill"], [0.75])
+    np.testing.assert_allclose(val["normal"], tail_surprise(NORMALS, NORMALS))
+    np.testing.assert_allclose(val["spill"], [2 + math.log(21)])
 
 
 def test_combine_refuses_mismatched_members():

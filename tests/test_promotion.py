@@ -166,8 +166,8 @@ def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep,
     version = MlflowClient(tiny_sweep.uri).get_model_version_by_alias("itest-ens", "champion")
     assert version.tags["score"] == "ensemble" and version.tags["trial_id"].count("+") == 1
     scores, threshold = _served_scores(tiny_sweep, tmp_path, "itest-ens")
-    # Rank averages on the members' own validation normals: every served score lies in [0, 1].
-    assert scores["score"].between(0, 1).all() and scores["score"].nunique() > 1
+    # Mean tail surprises on the members' own validation normals: >= 0, and not tied.
+    assert (scores["score"] >= 0).all() and scores["score"].nunique() > len(scores) // 2
     assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
     assert run_search.main(["promote", *common, "--ensemble", "0", "--ensemble-distinct"]) == 2
 
