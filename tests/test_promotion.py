@@ -231,10 +231,19 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert result.table["site_tpr"].notna().all()  # the references and baselines at the site threshold too
 
     # The review: the calibration crops above the shipped threshold, highest first, in a file read as written.
+    # The tiny pool's default calibration part (~80 crops) flags next to nothing; a larger share and risk do.
     from anomaly_ae.data.site import read_review
 
+    review_args = dict(trial=seed001["trial_id"], force=True, model_name="itest-review", site_calibration_share=0.8,
+                       site_delta=0.25, config_out=tmp_path / "review" / "b.yaml", log=lambda *_: None)
+    result = promote(client, tiny_sweep.uri, tiny_sweep.experiment, **review_args)
+    version = client.get_model_version_by_alias("itest-review", "champion")
+    _, splits = load_sweep_data(parent, None, delta=0.25, calibration_share=0.8)
+    site, calibration = result.promoted.report["site"], splits.site_calibration
+    assert version.tags["site_calibration_share"] == "0.8" and len(site["calibration"]["scores"]) == len(calibration)
     flagged = {n for n, s in zip(calibration.names, site["calibration"]["scores"]) if s > site["threshold"]}
     table = result.review.table
+    assert table == tmp_path / "review" / "site_review.tsv"
     written = read_review(table, calibration.names, calibration.root)
     assert set(written.verdicts) == flagged and set(written.verdicts.values()) == {""}
     scores = [written.scores[n] for n in written.verdicts]
@@ -243,9 +252,7 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert {"review/site_review.tsv", "review/site_review.html"} <= logged
     assert len(client.list_artifacts(version.run_id, "review/top")) == min(16, len(flagged))
     # Accepted as written: nothing marked, nothing leaves the pool.
-    unmarked = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
-                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_review=table,
-                       log=lambda *_: None)
+    unmarked = promote(client, tiny_sweep.uri, tiny_sweep.experiment, site_review=table, **review_args)
     assert unmarked.promoted.report["site"]["calibration"]["site_size"] == str(len(calibration))
     # A round: the top crop marked spill leaves the pool, the next marked normal stays; the next file
     # carries both verdicts.
@@ -255,13 +262,11 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     lines[rows[0]] += "spill"
     lines[rows[1]] += "normal"
     table.write_text("\n".join(lines) + "\n")
-    reviewed = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial=seed001["trial_id"], force=True,
-                       model_name="itest-policy", config_out=tmp_path / "b.yaml", site_review=table,
-                       log=lambda *_: None)
+    reviewed = promote(client, tiny_sweep.uri, tiny_sweep.experiment, site_review=table, **review_args)
     kept = reviewed.promoted.report["site"]["calibration"]
     assert kept["site_size"] == str(len(calibration) - 1)
     assert kept["site_review_spills"] == "1" and kept["site_review_normals"] == "1"
-    tags = client.get_model_version_by_alias("itest-policy", "champion").tags
+    tags = client.get_model_version_by_alias("itest-review", "champion").tags
     assert tags["site_review_spills"] == "1" and tags["site_size"] == str(len(calibration) - 1)
     next_round = read_review(reviewed.review.table, calibration.names + [spill], calibration.root)
     assert next_round.verdicts[spill] == "spill" and next_round.verdicts[normal] == "normal"

@@ -109,3 +109,43 @@ def test_drift_alarm_fires_on_a_shift_and_stays_quiet_on_exchangeable_batches():
     assert shifted["alarm"] and shifted["shifted"] and shifted["exceedance_rate"] > shifted["exceedance_bound"]
     # The bound is the TNR promise plus the stated spill share: 5% + 95% * 5%.
     assert shifted["exceedance_bound"] == pytest.approx(0.05 + 0.95 * 0.05)
+
+
+def test_the_shift_note_does_not_fire_on_spills_alone():
+    """4,000 crops with 4.5% spills (within the 5% bound) against 4,000 calibration normals: a plain one-sided
+    KS test calls that a shift (p ~ 3e-4); the note allows for the spill share and stays quiet. A shift of
+    the normals themselves still fires it."""
+    from scipy.stats import ks_2samp
+
+    rng = np.random.default_rng(1)
+    calibration = rng.standard_normal(4000)
+    threshold = site_threshold(calibration, TNR, BOUND, DELTA)
+    spilled = np.r_[rng.standard_normal(3820), rng.normal(6, 1, 180)]
+    assert ks_2samp(spilled, calibration, alternative="less").pvalue < 0.01
+    check = drift_check(spilled, calibration, threshold, TNR, BOUND)
+    assert not check["shifted"] and not check["alarm"]
+    assert check["shift_statistic"] == pytest.approx(ks_2samp(spilled, calibration, alternative="less").statistic)
+    moved = drift_check(rng.normal(0.4, 1.0, 4000), calibration, threshold, TNR, BOUND)
+    assert moved["shifted"]
+
+
+def test_alarm_power_matches_the_binomial_test_it_models():
+    """The alarm's power at a true TNR, against scipy's binomtest on simulated batches' flagged counts."""
+    from scipy.stats import binomtest
+
+    from anomaly_ae.drift import alarm_power, detectable_tnr, exceedance_bound
+
+    rng = np.random.default_rng(2)
+    n, share = 1000, 0.034
+    tnr = detectable_tnr(n, share, TNR, BOUND)
+    assert 0.85 < tnr < TNR
+    p_flag = share + (1 - share) * (1 - tnr)
+    counts = rng.binomial(n, p_flag, size=4000)
+    pvalue = {c: binomtest(int(c), n, exceedance_bound(TNR, BOUND), alternative="greater").pvalue
+              for c in np.unique(counts)}
+    fired = np.mean([pvalue[c] < 0.01 for c in counts])
+    assert alarm_power(n, tnr, share, TNR, BOUND) == pytest.approx(0.8, abs=0.02)
+    assert fired == pytest.approx(0.8, abs=0.03)
+    # Bigger batches see smaller drops; a tighter stated bound sees more.
+    sizes = [detectable_tnr(m, share, TNR, BOUND) for m in (250, 1000, 4000)]
+    assert sizes == sorted(sizes) and detectable_tnr(1000, share, TNR, share) > tnr
