@@ -137,10 +137,9 @@ def site_folder(root: Path, site) -> Path | None:
 
 def make_site_pool(images: np.ndarray, folder: Path, files: list[Path], review: Review | None, key: str,
                    max_spill_fraction: float, delta: float) -> SitePool:
-    if review is None:
-        return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta)
-    return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta,
-                    removed=tuple(sorted(review.spills)), review_file=review.path, reviewed_normals=len(review.normals))
+    reviewed = {} if review is None else {"removed": tuple(sorted(review.spills)), "review_file": review.path,
+                                          "reviewed_normals": len(review.normals)}
+    return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta, **reviewed)
 
 
 def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = 0.05,

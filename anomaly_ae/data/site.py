@@ -150,7 +150,7 @@ def read_review(path, pool_names: list[str], folder) -> Review:
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         fields = [f.strip() for f in (raw.split("\t") if "\t" in raw else raw.split())]
-        if tuple(f.lower() for f in fields[:3]) == REVIEW_HEADER[:len(fields[:3])] and fields[0].lower() == "name":
+        if [f.lower() for f in fields] == list(REVIEW_HEADER[:len(fields)]):  # the header row
             continue
         if len(fields) > 3:
             raise DatasetError(f"{path}:{lineno}: expected 'NAME [SCORE [VERDICT]]', got {raw!r}")
