@@ -130,7 +130,11 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     assert {"reference_pca16_objective", "reference_knn5_objective", "trials_finished"} <= set(parent.data.metrics)
     # The tiny dataset has a site pool: the default objective is the site one, and the sweep records the pool;
     # both objectives are logged, and the leaderboard shows both.
-    assert parent.data.tags["objective"] == "site" and int(parent.data.tags["site_size"]) == 100
+    assert parent.data.tags["objective"] == "site" and int(parent.data.tags["site_size"]) == 160
+    # Split in two: the trials were judged on the selection part only.
+    tags = parent.data.tags
+    assert int(tags["site_selection_size"]) + int(tags["site_calibration_size"]) == 160
+    assert tags["site_calibration_share"] == "0.5" and tags["site_selection_hash"] != tags["site_calibration_hash"]
     assert frame["objective_clean"].notna().all() and frame["objective_site"].notna().all()
     for run in trials:
         assert run.data.metrics["objective"] == run.data.metrics["val/objective_site"]
