@@ -9,6 +9,7 @@ from sweeps.spec import (
     DEFAULT_DATA, DEFAULT_STORAGE, DEFAULT_TRACKING, REPO, SweepSpec, add_site_arguments, non_negative_float,
     non_negative_int, positive_int, risk,
 )
+from anomaly_ae.data.shifted import KINDS as SHIFTED_KINDS
 from anomaly_ae.selection import OBJECTIVES
 
 DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
@@ -49,8 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write the embedded default dataset in the real folder layout; with --kind "
                                       "digits, the real handwritten digits of scikit-learn in that layout.")
     make.add_argument("--out", type=Path, required=True, help="output folder")
-    make.add_argument("--kind", choices=["proliv", "digits"], default="proliv",
-                      help="proliv: the procedural default; digits: sklearn's scans, 0-7 normal, 8-9 spills")
+    make.add_argument("--kind", choices=["proliv", "digits", *SHIFTED_KINDS], default="proliv",
+                      help="proliv: the procedural default; digits: sklearn's scans, 0-7 normal, 8-9 spills; "
+                           "digits-shifted, photos-shifted: real images with test/ and a site pool under another "
+                           "light and framing (anomaly_ae/data/shifted.py)")
     make.add_argument("--scale", type=float, default=1.0, help="multiply the real counts (default 1)")
     make.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")

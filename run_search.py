@@ -54,6 +54,10 @@ def cmd_make_data(args) -> int:
         from anomaly_ae.data.digits import make_digits_dataset
 
         counts = make_digits_dataset(args.out, seed=args.seed, overwrite=args.overwrite)
+    elif args.kind.endswith("-shifted"):
+        from anomaly_ae.data.shifted import make_shifted_dataset
+
+        counts = make_shifted_dataset(args.kind, args.out, seed=args.seed, overwrite=args.overwrite)
     else:
         counts = make_dataset(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite)
     say(f"wrote {args.out}: {counts} in {time.perf_counter() - tick:.1f}s")

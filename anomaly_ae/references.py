@@ -63,10 +63,11 @@ def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = 
     shifted = nuisance_split(normal, spill, {"objective": objective})
     if shifted is not None:  # the same perturbed crops the trials are judged on
         metrics["tpr_at_tnr_shift"] = score_summary(scorer(shifted[0]), scorer(shifted[1]), tnr_target)["tpr_at_tnr"]
-    site = SiteInput.of(getattr(splits, "site_selection", None))
+    site = SiteInput.of(splits)
     if site is not None:  # the same pool and rule the trials are judged with
         val["site"] = scorer(site.images)
-        metrics.update(site_metrics(val["site"], val["spill"], tnr_target, site))
+        matched = scorer(site.matched_spills) if site.matched_spills is not None else None
+        metrics.update(site_metrics(val["site"], val["spill"], tnr_target, site, matched))
     return Reference(name, description, scorer, val, metrics, score_objective(metrics, objective),
                      time.perf_counter() - tick)
 

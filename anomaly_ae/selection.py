@@ -17,36 +17,47 @@ from anomaly_ae.thresholds import site_threshold
 SCORE_SELECTIONS = ("fixed", "best")
 # clean: TPR at TNR >= target on validation as it is; worst_of_shift: the lower of that and the
 # same figure on validation crops under nuisance perturbations (anomaly_ae.nuisance); site: the TPR
-# on validation spills at the threshold the site rule fixes on the trial's own site-pool scores.
-OBJECTIVES = ("clean", "worst_of_shift", "site")
+# on validation spills at the threshold the site rule fixes on the trial's own site-pool scores;
+# site_matched: the same, with the validation spills first carried to the site's light and colour
+# (anomaly_ae.data.site.carry_to_site), so that spills move with the site as its normals do.
+OBJECTIVES = ("clean", "worst_of_shift", "site", "site_matched")
+# Each objective's metric key, and the margin that breaks its ties.
+OBJECTIVE_METRIC = {"clean": "tpr_at_tnr", "site": "tpr_at_site", "site_matched": "tpr_at_site_matched"}
+# What a trial reports of every objective its scores support, whichever one judges it.
+OBJECTIVE_COLUMNS = ("objective_clean", "objective_site", "objective_shift", "objective_site_matched")
+OBJECTIVE_MARGIN = {"clean": "val_margin", "worst_of_shift": "val_margin", "site": "site_margin",
+                    "site_matched": "site_matched_margin"}
 
 
 def score_objective(metrics: dict, objective: str) -> float:
-    """One score's objective from its metrics (``tpr_at_tnr``; ``tpr_at_tnr_shift``; ``tpr_at_site``)."""
-    if objective == "clean":
-        return metrics["tpr_at_tnr"]
+    """One score's objective from its metrics (``OBJECTIVE_METRIC``; worst_of_shift: the lower of two)."""
     if objective == "worst_of_shift":
         return min(metrics["tpr_at_tnr"], metrics["tpr_at_tnr_shift"])
-    if objective == "site":
-        return metrics["tpr_at_site"]
-    raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
+    if objective not in OBJECTIVE_METRIC:
+        raise ValueError(f"unknown objective {objective!r}; valid: {list(OBJECTIVES)}")
+    return metrics[OBJECTIVE_METRIC[objective]]
 
 
 def tie_break(metrics: dict, objective: str) -> float:
     """What separates detectors whose objective ties (at 1.000, say): the margin at their operating point.
 
-    The site objective's margin is measured against the site pool at the site threshold, so it predicts
+    The site objectives' margins are measured against the site pool at the site threshold, so they predict
     how the threshold fares under the shift; the others' against validation normals."""
-    value = metrics.get("site_margin" if objective == "site" else "val_margin", math.nan)
+    value = metrics.get(OBJECTIVE_MARGIN[objective], math.nan)
     return value if value == value else -math.inf
 
 
 def site_summary(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, max_spill_fraction: float,
-                 delta: float) -> dict:
-    """A score on the site pool: the site threshold, the validation spills' TPR at it, and the margin."""
+                 delta: float, matched_scores: np.ndarray | None = None) -> dict:
+    """A score on the site pool: the site threshold, the validation spills' TPR at it, and the margin;
+    with ``matched_scores`` (the spills carried to the site), the same for them."""
     threshold = site_threshold(site_scores, tnr, max_spill_fraction, delta)
-    return {"site_threshold": threshold, "tpr_at_site": float(np.mean(np.asarray(spill_scores) > threshold)),
-            "site_margin": operating_margin(site_scores, spill_scores, threshold)}
+    out = {"site_threshold": threshold, "tpr_at_site": float(np.mean(np.asarray(spill_scores) > threshold)),
+           "site_margin": operating_margin(site_scores, spill_scores, threshold)}
+    if matched_scores is not None:
+        out.update(tpr_at_site_matched=float(np.mean(np.asarray(matched_scores) > threshold)),
+                   site_matched_margin=operating_margin(site_scores, matched_scores, threshold))
+    return out
 
 
 def choose_score(metrics: dict[str, dict], fixed_score: str, selection: str, objective: str) -> str:

@@ -161,6 +161,8 @@ def parent_run_name(experiment: str, space: str, started: float | None = None) -
 _SECTIONS = {"val_pauroc": "val/pauroc", "val_aupr": "val/aupr", "threshold": "val/threshold",
              "selection_bias": "val/selection_bias", "objective_clean": "val/objective_clean",
              "objective_shift": "val/objective_shift", "objective_site": "val/objective_site",
+             "objective_site_matched": "val/objective_site_matched", "site_matched_margin": "val/site_matched_margin",
+             "best_objective_site_matched": "best/objective_site_matched",
              "site_margin": "val/site_margin", "site_threshold": "val/site_threshold", "val_margin": "val/margin",
              "tpr_at_tnr": "val/tpr_at_tnr", "best_objective_clean": "best/objective_clean",
              "best_objective_site": "best/objective_site", "best_objective_shift": "best/objective_shift",

@@ -61,18 +61,27 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
 
 @dataclass
 class SiteInput:
-    """The site pool as a trial scores it: crops on the trial's device and the calibration bound."""
+    """The site pool's selection part as a trial scores it: crops on the trial's device, the calibration
+    bound, and the validation spills carried to the site (for the site_matched objective)."""
 
     images: torch.Tensor
     max_spill_fraction: float = 0.05
     delta: float = 0.05
+    matched_spills: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, pool, device: torch.device | None = None) -> "SiteInput | None":
+    def of(cls, splits, device: torch.device | None = None) -> "SiteInput | None":
+        pool = getattr(splits, "site_selection", None)
         if pool is None:
             return None
-        images = torch.from_numpy(np.ascontiguousarray(pool.images))
-        return cls(images.to(device) if device is not None else images, pool.max_spill_fraction, pool.delta)
+
+        def tensor(array):
+            t = torch.from_numpy(np.ascontiguousarray(array))
+            return t.to(device) if device is not None else t
+
+        matched = getattr(splits, "val_spill_matched", None)
+        return cls(tensor(pool.images), pool.max_spill_fraction, pool.delta,
+                   None if matched is None else tensor(matched))
 
 
 def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spill_u8: torch.Tensor,
@@ -96,16 +105,23 @@ def evaluate(state: TrialState, cfg: dict, val_normal_u8: torch.Tensor, val_spil
                                                               cfg["tnr_target"])["tpr_at_tnr"]
     if site is not None:
         scores["site"], _ = score_images(state, cfg, site.images)
+        matched = score_images(state, cfg, site.matched_spills)[0] if site.matched_spills is not None else None
         for name in metrics:
-            metrics[name].update(site_metrics(scores["site"][name], spill[name], cfg["tnr_target"], site))
+            metrics[name].update(site_metrics(scores["site"][name], spill[name], cfg["tnr_target"], site,
+                                              None if matched is None else matched[name]))
     return metrics, scores
 
 
-def site_metrics(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, site: SiteInput) -> dict:
+def site_metrics(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, site: SiteInput,
+                 matched_scores: np.ndarray | None = None) -> dict:
     """site_summary, or the worst figures when a score is not finite (a broken model)."""
-    if not (np.all(np.isfinite(site_scores)) and np.all(np.isfinite(spill_scores))):
-        return {"tpr_at_site": 0.0, "site_threshold": math.inf, "site_margin": math.nan}
-    return site_summary(site_scores, spill_scores, tnr, site.max_spill_fraction, site.delta)
+    finite = [site_scores, spill_scores] + ([] if matched_scores is None else [matched_scores])
+    if not all(np.all(np.isfinite(s)) for s in finite):
+        worst = {"tpr_at_site": 0.0, "site_threshold": math.inf, "site_margin": math.nan}
+        if matched_scores is not None:
+            worst.update(tpr_at_site_matched=0.0, site_matched_margin=math.nan)
+        return worst
+    return site_summary(site_scores, spill_scores, tnr, site.max_spill_fraction, site.delta, matched_scores)
 
 
 def score_summary(normal: np.ndarray, spill: np.ndarray, tnr: float) -> dict:
@@ -151,5 +167,5 @@ def train_and_validate(cfg: dict, splits, device: torch.device | None = None, on
             on_epoch(epoch, loss)
     normal, spill = torch.from_numpy(splits.val_normal), torch.from_numpy(splits.val_spill)
     metrics, val_scores = evaluate(state, cfg, normal, spill, nuisance_split(normal, spill, cfg),
-                                   SiteInput.of(getattr(splits, "site_selection", None)))
+                                   SiteInput.of(splits))
     return state, metrics, val_scores, judge(metrics, val_scores, cfg)

@@ -8,7 +8,7 @@ import pandas as pd
 from sweeps.runs import trial_row
 from anomaly_ae.baselines import is_seed_baseline, match_baseline
 from anomaly_ae.config import validate_config
-from anomaly_ae.selection import tie_break
+from anomaly_ae.selection import OBJECTIVE_MARGIN, tie_break
 from search_spaces import config_from_params
 
 
@@ -31,8 +31,9 @@ def results_frame(results) -> pd.DataFrame:
             "baseline": match_baseline(cfg) or "", "reused_from": str(last.get("reused_from") or ""),
             **trial_row(cfg), "score": score,
             "best_objective": best, "final_objective": last.get("objective", math.nan),
-            **{key: float(at_best.get(key, math.nan)) for key in ("objective_clean", "objective_site")},
-            "tie_break": tie_break({k: float(at_best.get(k, math.nan)) for k in ("site_margin", "val_margin")},
+            **{key: float(at_best.get(key, math.nan))
+               for key in ("objective_clean", "objective_site", "objective_site_matched")},
+            "tie_break": tie_break({k: float(at_best.get(k, math.nan)) for k in OBJECTIVE_MARGIN.values()},
                                    cfg["objective"]),
             "val_auroc": last.get("val_auroc", math.nan), "epochs": last.get("epoch", 0),
             "status": "ERROR" if result.error else ("DIVERGED" if last.get("diverged") else "OK"),
@@ -69,13 +70,14 @@ def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFram
     elif "reused_from" in shown:
         shown = shown.drop(columns="reused_from")
     cols = ["rank", "trial_id", "baseline", "reused_from", "variant", "score", "best_objective", "objective_ci", "objective_clean",
-            "objective_site", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
+            "objective_site", "objective_site_matched", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
     return shown[[c for c in cols if c in shown]]
 
 
 def format_leaderboard(frame: pd.DataFrame, top: int = 10, references: pd.DataFrame | None = None) -> str:
     title = ("Leaderboard: best_objective = the sweep's objective at the best epoch (objective_clean: val TPR at "
-             "TNR >= target on val normals; objective_site: val TPR at the site threshold); ties broken by "
+             "TNR >= target on val normals; objective_site: val TPR at the site threshold; objective_site_matched: "
+             "the same for val spills carried to the site's light); ties broken by "
              "tie_break, the margin at the operating point; seed baselines marked, reference detectors (ref:) last")
     rows = leaderboard_rows(frame, top, references)
     tied, best = top_tie(frame)

@@ -165,10 +165,10 @@ def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy:
     val = val_scores_of(payloads)
     metrics, site = score_summary(val["normal"], val["spill"], tnr), None
     if splits.site_selection is not None:  # judged on the part that chooses, calibrated on the other
-        chooses, calibrates = (ensemble.score(torch.from_numpy(np.ascontiguousarray(p.images)))
-                               for p in (splits.site_selection, splits.site_calibration))
+        chooses, calibrates, matched = (ensemble.score(torch.from_numpy(np.ascontiguousarray(images))) for images in (
+            splits.site_selection.images, splits.site_calibration.images, splits.val_spill_matched))
         site = site_calibration(calibrates, tnr, splits.site_calibration)
-        metrics.update(site_metrics(chooses, val["spill"], tnr, SiteInput.of(splits.site_selection)))
+        metrics.update(site_metrics(chooses, val["spill"], tnr, SiteInput.of(splits), matched))
     report = report_at_policies(val["normal"], val["spill"],
                                 ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.test))),
                                 splits.test_labels, (policy,), tnr, site)

@@ -94,6 +94,7 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             # Logged again at each new best epoch, so the latest values are the best epoch's.
             "objective_clean": run_metric(run, "best_objective_clean"),
             "objective_site": run_metric(run, "best_objective_site"),
+            "objective_site_matched": run_metric(run, "best_objective_site_matched"),
             "tie_break": run_metric(run, "best_tie_break", -math.inf),
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
@@ -193,6 +194,7 @@ def reference_frame(client, parent) -> pd.DataFrame:
                      "best_objective": objective, "objective_lo": lo, "objective_hi": hi,
                      "objective_clean": run_metric(run, "objective_clean"),
                      "objective_site": run_metric(run, "objective_site"),
+                     "objective_site_matched": run_metric(run, "objective_site_matched"),
                      "val_auroc": run.data.metrics.get("val_auroc", math.nan), "status": run.info.status})
     return pd.DataFrame(rows)
 

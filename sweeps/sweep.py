@@ -295,6 +295,9 @@ def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
             metrics["objective_shift"] = ref.metrics["tpr_at_tnr_shift"]
         if "tpr_at_site" in ref.metrics:
             metrics.update(objective_site=ref.metrics["tpr_at_site"], site_margin=ref.metrics["site_margin"])
+        if "tpr_at_site_matched" in ref.metrics:
+            metrics.update(objective_site_matched=ref.metrics["tpr_at_site_matched"],
+                           site_matched_margin=ref.metrics["site_matched_margin"])
         metrics.update(objective_clean=ref.metrics["tpr_at_tnr"], val_margin=ref.metrics["val_margin"])
         run.log_reference(ref.name, ref.description, metrics)
     log("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs))

@@ -25,7 +25,7 @@ from anomaly_ae.data import Splits
 from anomaly_ae.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
 from anomaly_ae.models import model_spec
 from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
-from anomaly_ae.selection import tie_break
+from anomaly_ae.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, tie_break
 from anomaly_ae.tracking import Tracking, TrackingUnavailable, TrialRun, trial_run_name
 from anomaly_ae.training import DivergedError, build_trial, train_one_epoch
 from anomaly_ae.validation import SiteInput, evaluate, judge, nuisance_split, score_images
@@ -60,6 +60,9 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, se
     if "tpr_at_site" in main:
         report["objective_site"], report["site_margin"] = main["tpr_at_site"], main["site_margin"]
         report["site_threshold"] = main["site_threshold"]
+    if "tpr_at_site_matched" in main:
+        report["objective_site_matched"] = main["tpr_at_site_matched"]
+        report["site_matched_margin"] = main["site_matched_margin"]
     for name, m in metrics.items():
         report[f"tpr_at_tnr_{name}"] = m["tpr_at_tnr"]
         report[f"auroc_{name}"] = m["auroc"]
@@ -73,9 +76,8 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, se
 def best_epoch_metrics(report: dict, objective: str) -> dict:
     """The figures a trial is ranked by, logged again whenever its objective reaches a new best."""
     out = {"best_objective": report["objective"],
-           "best_tie_break": tie_break({"site_margin": report.get("site_margin", math.nan),
-                                        "val_margin": report.get("val_margin", math.nan)}, objective)}
-    for key in ("objective_clean", "objective_site", "objective_shift"):
+           "best_tie_break": tie_break({k: report.get(k, math.nan) for k in OBJECTIVE_MARGIN.values()}, objective)}
+    for key in OBJECTIVE_COLUMNS:
         if key in report:
             out[f"best_{key}"] = report[key]
     return out
@@ -200,7 +202,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
     tensors = {k: torch.from_numpy(np.ascontiguousarray(getattr(splits, k))).to(dev)
                for k in ("train", "val_normal", "val_spill")}
     shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
-    site = SiteInput.of(splits.site_selection, dev)
+    site = SiteInput.of(splits, dev)
     start_epoch, best = 0, -math.inf
     resumed = tune.get_checkpoint()
     if resumed is not None:

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anomaly_ae.data.errors import DatasetError
-from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE, Review, SitePool, read_review
+from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE, Review, SitePool, carry_to_site, read_review
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_SIZE = (32, 48)  # (H, W): keeps the crops' wide ~30x48 aspect
@@ -232,6 +232,9 @@ class Splits:
     # other fixes the shipped threshold and chose nothing.
     site_selection: SitePool | None = None
     site_calibration: SitePool | None = None
+    # The validation spills carried to the site's light and colour (anomaly_ae.data.site.carry_to_site):
+    # what the site_matched objective counts against the site threshold.
+    val_spill_matched: np.ndarray | None = None
 
 
 def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fraction: float = 1.0,
@@ -246,14 +249,17 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
     spill_order = rng.permutation(len(data.proliv))
     n_spill = max(1, int(round(val_spill_fraction * len(spill_order))))
     selection, calibration = data.site.split(site_calibration_share) if data.site is not None else (None, None)
+    train = data.train[np.sort(order[n_val:])]
+    val_spill = data.proliv[np.sort(spill_order[:n_spill])]
     return Splits(
-        train=data.train[np.sort(order[n_val:])],
+        train=train,
         val_normal=data.train[np.sort(order[:n_val])],
-        val_spill=data.proliv[np.sort(spill_order[:n_spill])],
+        val_spill=val_spill,
         test=data.test,
         test_labels=data.test_labels,
         test_names=data.test_names,
         content_hash=data.content_hash,
         site_selection=selection,
         site_calibration=calibration,
+        val_spill_matched=None if selection is None else carry_to_site(val_spill, train, selection),
     )

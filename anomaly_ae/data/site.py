@@ -201,3 +201,22 @@ def split_description(selection: SitePool, calibration: SitePool, share: float) 
     return {"site_calibration_share": f"{share:g}",
             "site_selection_hash": selection.content_hash, "site_selection_size": str(len(selection)),
             "site_calibration_hash": calibration.content_hash, "site_calibration_size": str(len(calibration))}
+
+
+def matching_lut(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-channel histogram matching of uint8 crops: a (3, 256) table taking ``source``'s pixel
+    distribution to ``target``'s (the value whose target CDF first reaches the source CDF)."""
+    lut = np.empty((3, 256), dtype=np.uint8)
+    for c in range(3):
+        src = np.cumsum(np.bincount(source[..., c].ravel(), minlength=256)) / source[..., c].size
+        tgt = np.cumsum(np.bincount(target[..., c].ravel(), minlength=256)) / target[..., c].size
+        lut[c] = np.minimum(np.searchsorted(tgt, src - 1e-12, side="left"), 255)
+    return lut
+
+
+def carry_to_site(images: np.ndarray, train: np.ndarray, pool: SitePool) -> np.ndarray:
+    """``images`` (crops taken under the train conditions) carried to the site's: each channel's pixel
+    values mapped so that the train normals' histogram becomes the pool's. Only the light and colour move;
+    a geometric shift is not carried."""
+    lut = matching_lut(train, pool.images)
+    return np.stack([lut[c][images[..., c]] for c in range(3)], axis=-1)
