@@ -21,7 +21,7 @@ DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
     python run_search.py predict --model champion --images DIR --out scores.csv
     python run_search.py server --backend-store-uri postgresql://... --artifacts-destination DIR
     python run_search.py make-data | list-models | calibrate | fidelity
-    python run_search.py benchmark-search | benchmark | benchmark-knn | benchmark-tracking
+    python run_search.py benchmark-search | benchmark | benchmark-knn | benchmark-tracking | benchmark-objectives
 """
 
 # The policies of anomaly_ae.thresholds (kept literal: the parser must not import torch).
@@ -137,6 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     knn.add_argument("--sizes", type=positive_int, nargs="+", default=[10_000, 100_000], help="default 10000 100000")
     knn.add_argument("--queries", type=positive_int, default=1000, help="crops scored per size (default 1000)")
     knn.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    objectives = sub.add_parser("benchmark-objectives", help="each objective's champion, shipped at the site, tested",
+                                description="For a finished sweep with a site pool: the trial each objective (clean, "
+                                            "site, site_matched) picks, its threshold fixed by the site rule on the "
+                                            "pool's calibration part, its test TPR and TNR. Run it on a sweep with "
+                                            "--sampler random --scheduler fifo, so the candidates do not depend on "
+                                            "the objective.")
+    objectives.add_argument("--experiment", required=True, help="the sweep's MLflow experiment")
+    objectives.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
+    objectives.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
+    objectives.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     server = sub.add_parser("server", help="the tracking server for a cluster: mlflow server on PostgreSQL, basic auth",
                             description="Upgrade the store's schema, size its connection pool from the sweep's "
                                         "concurrency, write the basic-auth config, print the client's export lines, "

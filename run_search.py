@@ -168,6 +168,18 @@ def cmd_benchmark_knn(args) -> int:
     return 0
 
 
+def cmd_benchmark_objectives(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.objectives import objective_table, table_lines
+
+    table = objective_table(MlflowClient(args.tracking_uri), args.experiment, args.data)
+    say("\n".join(table_lines(table, args.experiment)))
+    if args.out is not None:
+        table.to_csv(args.out, index=False)
+    return 0
+
+
 def cmd_server(args) -> int:
     from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, prepare_server, startup_lines
 
@@ -223,7 +235,7 @@ COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd
             "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
             "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn,
             "server": cmd_server, "benchmark-tracking": cmd_benchmark_tracking, "calibrate": cmd_calibrate,
-            "fidelity": cmd_fidelity}
+            "fidelity": cmd_fidelity, "benchmark-objectives": cmd_benchmark_objectives}
 
 
 def main(argv: list[str] | None = None) -> int:
