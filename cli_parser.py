@@ -11,6 +11,7 @@ from sweeps.spec import (
 )
 from anomaly_ae.data.shifted import KINDS as SHIFTED_KINDS
 from anomaly_ae.selection import OBJECTIVES
+from anomaly_ae.thresholds import DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS
 
 DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
 
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
                          help="where to write the promoted config (default ./best_config.yaml)")
     add_site_arguments(promote, "fix the shipped threshold on this site pool (default: the sweep's own, if it had one)")
+    promote.add_argument("--site-calibration", choices=list(SITE_CALIBRATIONS), default=DEFAULT_SITE_CALIBRATION,
+                         help="distribution_free: the site rule, which assumes every pool crop may be a spill scoring "
+                              "just below the threshold; matched: also uses where the validation spills carried to "
+                              "the site score and the pool's estimated spill share (assumptions in "
+                              f"anomaly_ae/thresholds.py, matched_site_threshold; default {DEFAULT_SITE_CALIBRATION})")
     bench = sub.add_parser("benchmark-search", help="TPE against random sampling at equal wall-clock budget",
                            description="Run K sweeps with TPE and K with random sampling, interleaved, each at the "
                                        "same wall-clock budget with the seed baselines enqueued; print and plot the "

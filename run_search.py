@@ -88,6 +88,7 @@ def cmd_promote(args) -> int:
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
                          site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
                          site_review=args.site_review, site_calibration_share=args.site_calibration_share,
+                         site_calibration=args.site_calibration,
                          ensemble=args.ensemble,
                          ensemble_distinct=args.ensemble_distinct, ship=args.ship)
     except PromotionRefused as exc:

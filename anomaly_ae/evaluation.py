@@ -6,15 +6,40 @@ import torch
 
 from anomaly_ae.data import SitePool, Splits
 from anomaly_ae.metrics import evaluation_report, tpr_at_tnr
-from anomaly_ae.thresholds import select_threshold, site_threshold
+from anomaly_ae.thresholds import SITE_CALIBRATIONS, matched_site_threshold, select_threshold, site_threshold
 from anomaly_ae.training import TrialState
 from anomaly_ae.validation import score_images
 
 
-def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool) -> dict:
-    """The threshold the site rule fixes on a detector's pool scores, with what records the pool."""
-    return {"threshold": site_threshold(site_scores, tnr, pool.max_spill_fraction, pool.delta),
-            "scores": np.asarray(site_scores, dtype=np.float64), **pool.describe()}
+def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool, mode: str = "distribution_free",
+                     matched: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The threshold the site rule fixes on a detector's pool scores, with what records the pool.
+
+    ``mode`` "matched" also uses the detector's scores of the carried validation normals and spills
+    (``matched``) by ``matched_site_threshold``, and records its assumptions' inputs."""
+    record = {"scores": np.asarray(site_scores, dtype=np.float64), **pool.describe()}
+    if mode == "distribution_free":
+        return {"threshold": site_threshold(site_scores, tnr, pool.max_spill_fraction, pool.delta),
+                "site_calibration_mode": mode, **record}
+    if mode != "matched":
+        raise ValueError(f"unknown site calibration {mode!r}; valid: {list(SITE_CALIBRATIONS)}")
+    if matched is None:
+        raise ValueError("the matched site calibration needs the carried validation crops' scores")
+    threshold, details = matched_site_threshold(site_scores, matched[0], matched[1], tnr, pool.max_spill_fraction,
+                                                pool.delta)
+    return {"threshold": threshold, **details, **record}
+
+
+def calibrate_at_site(score, splits: Splits, tnr: float, mode: str) -> dict | None:
+    """``site_calibration`` on the pool's calibration part for a detector given as ``score`` (uint8 crops
+    to scores); None without a pool."""
+    pool = splits.site_calibration
+    if pool is None:
+        return None
+    matched = None
+    if mode == "matched":
+        matched = (score(splits.val_normal_matched), score(splits.val_spill_matched))
+    return site_calibration(score(pool.images), tnr, pool, mode, matched)
 
 
 def report_at_policies(val_normal: np.ndarray, val_spill: np.ndarray, test_scores: np.ndarray, test_labels,
@@ -44,17 +69,15 @@ def operating_report(report: dict) -> dict:
 
 
 def test_report(state: TrialState, cfg: dict, splits: Splits, val_scores: dict,
-                policies: tuple[str, ...] | None = None) -> dict:
+                policies: tuple[str, ...] | None = None, site_mode: str = "distribution_free") -> dict:
     """Thresholds from the validation scores, one per policy (default: the config's), and from the site
     pool's calibration part when the splits have one; one pass over test."""
     score = cfg["score"]
     test_scores, _ = score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(splits.test)))
     s = test_scores[score]
-    site = None
-    if splits.site_calibration is not None:  # the part of the pool that chose nothing
-        pool = splits.site_calibration
-        site_scores, _ = score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(pool.images)))
-        site = site_calibration(site_scores[score], cfg["tnr_target"], pool)
+    # The part of the pool that chose nothing fixes the site threshold.
+    site = calibrate_at_site(lambda u8: score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(u8)))[0][score],
+                             splits, cfg["tnr_target"], site_mode)
     report = report_at_policies(val_scores["normal"][score], val_scores["spill"][score], s, splits.test_labels,
                                 policies or (cfg["threshold_policy"],), cfg["tnr_target"], site)
     report["score"] = score

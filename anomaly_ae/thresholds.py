@@ -9,7 +9,7 @@ import math
 from typing import Callable
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import beta, binom
 
 from anomaly_ae.metrics import _as_scores, tnr_threshold
 
@@ -170,6 +170,65 @@ def site_threshold(site_scores, tnr: float = 0.95, max_spill_fraction: float = 0
     """The threshold fixed on an unlabelled site pool: TNR >= tnr on site normals w.p. >= 1 - delta."""
     scores = np.sort(_as_scores(site_scores, "site_scores"))
     return float(scores[site_rank(scores.size, tnr, max_spill_fraction, delta) - 1])
+
+
+SITE_CALIBRATIONS = ("distribution_free", "matched")
+# Decided by measurement: docs/results.md §10.
+DEFAULT_SITE_CALIBRATION = "distribution_free"
+# The carried validation normals' quantile at which the pool's spill share is estimated: high enough that
+# few spills score below it, low enough that the pool's CDF there is measured to about +-1%.
+SPILL_ESTIMATE_QUANTILE = 0.99
+
+
+def spill_share_estimate(site_scores, matched_normal_scores) -> float:
+    """The pool's spill share, by mixture-proportion estimation against the carried validation normals.
+
+    At t, the carried normals' 99% quantile, the pool's CDF is (1 - a) F_N(t) + a F_S(t) >= (1 - a) F_N(t),
+    so a >= 1 - F_U(t) / F_N(t); with few spills below t the bound is nearly tight, and it is the estimate.
+    It assumes the site's normals score like the carried ones at t: where they score higher (a shift the
+    carrying missed), the estimate counts normals as spills and comes out too high."""
+    pool = np.asarray(site_scores, dtype=float)
+    normals = np.asarray(matched_normal_scores, dtype=float)
+    t = np.quantile(normals, SPILL_ESTIMATE_QUANTILE)
+    return float(max(0.0, 1.0 - np.mean(pool <= t) / np.mean(normals <= t)))
+
+
+def matched_site_rank(n_pool: int, spills: int, spill_below: float, tnr: float = 0.95,
+                      delta: float = 0.05) -> int:
+    """The site rule's rank when the pool holds ``spills`` spills of which each scores below the threshold
+    with probability at most ``spill_below``.
+
+    With s spills, j of them below t = U_(k) and j ~ Binomial(s, spill_below) at most, the k - j normals
+    below t make it the (k - j)-th of n - s normal scores, and P(TNR(t) < tnr) <= P(Binomial(n - s, tnr) >=
+    k - j). Half the risk bounds j by its (1 - delta/2) quantile, half the order statistic."""
+    if not 0 <= spills < n_pool:
+        raise ValueError(f"spills must be in [0, {n_pool}), got {spills}")
+    below = int(binom.ppf(1.0 - delta / 2, spills, spill_below)) if spills else 0
+    return neyman_pearson_rank(n_pool - spills, 1.0 - tnr, delta / 2) + below
+
+
+def matched_site_threshold(site_scores, matched_normal_scores, matched_spill_scores, tnr: float = 0.95,
+                           max_spill_fraction: float = 0.05, delta: float = 0.05) -> tuple[float, dict]:
+    """The site threshold that also uses where spills score and how many the pool holds.
+
+    Assumptions (the distribution-free ``site_threshold`` makes neither): the site's spills score no lower
+    than the validation spills carried to the site (``anomaly_ae.data.site.carry_to_site``), and the pool
+    holds at least the estimated number of spills (``spill_share_estimate``, which assumes the site's normals
+    score like the carried normals at the estimate's quantile). The estimate is capped by the stated bound,
+    the share of spills below is the Clopper-Pearson upper bound (at delta/2) of the carried spills at or below
+    the distribution-free threshold, and the rank never exceeds the distribution-free one. Returns the
+    threshold and what it was built from."""
+    pool = np.sort(_as_scores(site_scores, "site_scores"))
+    spills_carried = _as_scores(matched_spill_scores, "matched_spill_scores")
+    n = pool.size
+    free_rank = site_rank(n, tnr, max_spill_fraction, delta)
+    share = min(spill_share_estimate(pool, matched_normal_scores), max_spill_fraction)
+    spills = int(math.floor(share * n + 1e-9))
+    below = int(np.sum(spills_carried <= pool[free_rank - 1]))
+    spill_below = float(beta.ppf(1.0 - delta / 2, below + 1, spills_carried.size - below)) if below < spills_carried.size else 1.0
+    rank = min(free_rank, matched_site_rank(n, spills, spill_below, tnr, delta))
+    return float(pool[rank - 1]), {"site_calibration_mode": "matched", "site_spill_estimate": f"{share:.4f}",
+                                   "site_rank": str(rank), "site_free_rank": str(free_rank)}
 
 
 THRESHOLD_POLICIES: dict[str, ThresholdPolicy] = {

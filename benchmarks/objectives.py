@@ -30,6 +30,7 @@ def champion_of(frame: pd.DataFrame, objective: str) -> pd.Series:
 
 
 def objective_table(client, experiment: str, data_dir: Path | None = None) -> pd.DataFrame:
+    from anomaly_ae.thresholds import SITE_CALIBRATIONS
     from sweeps.promote import evaluate_once
     from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 
@@ -43,16 +44,18 @@ def objective_table(client, experiment: str, data_dir: Path | None = None) -> pd
         for objective in COMPARED:
             row = champion_of(frame, objective)
             payload = download_checkpoint(client, row["run_id"], Path(tmp) / row["run_id"])
-            site = evaluate_once(payload, splits)["site"]
-            rows.append({"objective": objective, "trial_id": row["trial_id"], "variant": row["variant"],
-                         "score": payload["config"]["score"], "val_objective": row[f"objective_{objective}"],
-                         **{f"val_{o}": row[f"objective_{o}"] for o in COMPARED},
-                         "site_tpr": site["tpr"], "site_tpr_ci": f"{site['tpr_ci'][0]:.3f}-{site['tpr_ci'][1]:.3f}",
-                         "site_tnr": site["tnr"], "site_tnr_ci": f"{site['tnr_ci'][0]:.3f}-{site['tnr_ci'][1]:.3f}",
-                         "tp": site["tp"], "fn": site["fn"], "fp": site["fp"], "tn": site["tn"]})
+            for mode in SITE_CALIBRATIONS:
+                report = evaluate_once(payload, splits, site_mode=mode)
+                site = report["site"]
+                rows.append({"objective": objective, "calibration": mode, "trial_id": row["trial_id"],
+                             "variant": row["variant"], "score": payload["config"]["score"],
+                             **{f"val_{o}": row[f"objective_{o}"] for o in COMPARED},
+                             "test_tpr": site["tpr"], "tpr_ci": f"{site['tpr_ci'][0]:.3f}-{site['tpr_ci'][1]:.3f}",
+                             "test_tnr": site["tnr"], "tnr_ci": f"{site['tnr_ci'][0]:.3f}-{site['tnr_ci'][1]:.3f}",
+                             "fn": site["fn"], "fp": site["fp"], "test_auroc": report["auroc"]})
     table = pd.DataFrame(rows)
-    reference = table.loc[table["objective"] == "clean", "site_tpr"].iloc[0]
-    table["tpr_vs_clean"] = table["site_tpr"] - reference
+    reference = table[(table["objective"] == "clean")].set_index("calibration")["test_tpr"]
+    table["tpr_vs_clean"] = table["test_tpr"] - table["calibration"].map(reference)
     return table
 
 

@@ -21,9 +21,10 @@ import yaml
 
 from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from anomaly_ae.baselines import SEED_BASELINES
-from anomaly_ae.evaluation import operating_report, report_at_policies, site_calibration, test_report
+from anomaly_ae.evaluation import calibrate_at_site, operating_report, report_at_policies, test_report
 from anomaly_ae.checkpoints import checkpoint_payload, load_trained
 from anomaly_ae.data.site import split_description
+from anomaly_ae.thresholds import DEFAULT_SITE_CALIBRATION
 from anomaly_ae.validation import train_and_validate
 from sweeps.review import ReviewFiles, log_review, write_review_files
 
@@ -76,24 +77,30 @@ def stated_policy(baseline: str, cfg: dict) -> str:
     return SEED_BASELINES[baseline]["threshold_policy"] if baseline in SEED_BASELINES else cfg["threshold_policy"]
 
 
-def evaluate_once(payload: dict, splits, policies: tuple[str, ...] | None = None) -> dict:
-    """Rebuild the trained model; thresholds from its validation scores; one pass over test."""
+def evaluate_once(payload: dict, splits, policies: tuple[str, ...] | None = None,
+                  site_mode: str = DEFAULT_SITE_CALIBRATION) -> dict:
+    """Rebuild the trained model; thresholds from its validation scores (and the site pool's calibration
+    part, by ``site_mode``); one pass over test."""
     state = load_trained(payload)
-    report = test_report(state, payload["config"], splits, payload["val_scores"], policies)
+    report = test_report(state, payload["config"], splits, payload["val_scores"], policies, site_mode)
     report.pop("test_scores")
     return report
 
 
-def reference_candidates(splits, policy: str, tnr_target: float, objective: str) -> list[Candidate]:
+def as_scorer(score_tensor):
+    """A scorer of uint8 tensors as one of uint8 arrays."""
+    return lambda u8: score_tensor(torch.from_numpy(np.ascontiguousarray(u8)))
+
+
+def reference_candidates(splits, policy: str, tnr_target: float, objective: str,
+                         site_mode: str = DEFAULT_SITE_CALIBRATION) -> list[Candidate]:
     """The reference detectors refitted on the sweep's train split and scored once on test."""
     from anomaly_ae.references import fit_references
 
     out = []
     test = torch.from_numpy(np.ascontiguousarray(splits.test))
-    pool = splits.site_calibration
     for ref in fit_references(splits, tnr_target, objective):
-        site = None if pool is None else site_calibration(
-            ref.score(torch.from_numpy(np.ascontiguousarray(pool.images))), tnr_target, pool)
+        site = calibrate_at_site(as_scorer(ref.score), splits, tnr_target, site_mode)
         report = report_at_policies(ref.val_scores["normal"], ref.val_scores["spill"], ref.score(test),
                                     splits.test_labels, (policy,), tnr_target, site)
         out.append(Candidate(f"ref:{ref.name}", "-", "-", None, report, own_policy=policy,
@@ -101,7 +108,8 @@ def reference_candidates(splits, policy: str, tnr_target: float, objective: str)
     return out
 
 
-def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=print) -> tuple[dict, dict]:
+def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=print,
+            site_mode: str = DEFAULT_SITE_CALIBRATION) -> tuple[dict, dict]:
     """Retrain ``cfg`` with full passes over the train split for each seed, judged by its promoted score.
 
     Validation normals stay held out: the threshold is fixed on them. Returns the
@@ -118,7 +126,7 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=
         main = metrics[run_cfg["score"]]
         report = {"objective": verdict["objective"], "threshold": main["threshold"], "val_auroc": main["auroc"]}
         payload = checkpoint_payload(state, run_cfg, val_scores, report)
-        test = evaluate_once(payload, splits, policies)
+        test = evaluate_once(payload, splits, policies, site_mode)
         runs.append((payload, test))
         log(f"  retrain seed {seed}: loss {loss:.5f}, val objective {report['objective']:.4f}, "
             f"test TPR {test['tpr']:.4f} TNR {test['tnr']:.4f} ({time.perf_counter() - tick:.0f}s)")
@@ -153,7 +161,8 @@ def ensemble_members(frame: pd.DataFrame, k: int, distinct: bool = False) -> pd.
     return ok.head(k)
 
 
-def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy: str, objective: str) -> Candidate:
+def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy: str, objective: str,
+                       site_mode: str = DEFAULT_SITE_CALIBRATION) -> Candidate:
     """The members as one detector: rank-averaged scores, thresholded like a single score, and judged
     on validation by the sweep's objective like a trial."""
     from anomaly_ae.ensemble import Ensemble, val_scores_of
@@ -165,10 +174,10 @@ def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy:
     val = val_scores_of(payloads)
     metrics, site = score_summary(val["normal"], val["spill"], tnr), None
     if splits.site_selection is not None:  # judged on the part that chooses, calibrated on the other
-        chooses, calibrates, matched = (ensemble.score(torch.from_numpy(np.ascontiguousarray(images))) for images in (
-            splits.site_selection.images, splits.site_calibration.images, splits.val_spill_matched))
-        site = site_calibration(calibrates, tnr, splits.site_calibration)
-        metrics.update(site_metrics(chooses, val["spill"], tnr, SiteInput.of(splits), matched))
+        score = as_scorer(ensemble.score)
+        site = calibrate_at_site(score, splits, tnr, site_mode)
+        metrics.update(site_metrics(score(splits.site_selection.images), val["spill"], tnr, SiteInput.of(splits),
+                                    score(splits.val_spill_matched)))
     report = report_at_policies(val["normal"], val["spill"],
                                 ensemble.score(torch.from_numpy(np.ascontiguousarray(splits.test))),
                                 splits.test_labels, (policy,), tnr, site)
@@ -366,7 +375,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
             site_delta: float | None = None, site_review: Path | None = None,
-            site_calibration_share: float | None = None,
+            site_calibration_share: float | None = None, site_calibration: str = DEFAULT_SITE_CALIBRATION,
             ensemble: int = DEFAULT_ENSEMBLE, ensemble_distinct: bool = False, ship: str = "auto",
             log=print) -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
@@ -420,7 +429,8 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             own = stated_policy(b["baseline"], b_payload["config"])
             baseline_candidates.append(Candidate.of_trial(
                 b["baseline"], b["trial_id"], b["run_id"], b_payload,
-                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"])), own_policy=own,
+                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"]), site_calibration),
+                own_policy=own,
                 reused_from=b.get("reused_from", "")))
     name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
     own = stated_policy(row["baseline"], payload["config"])
@@ -428,10 +438,10 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     if retrain_seeds:
         log(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
         payload, spread = retrain(payload["config"], splits, list(retrain_seeds),
-                                  policies(row["baseline"], payload["config"]), log)
+                                  policies(row["baseline"], payload["config"]), log, site_calibration)
         report = spread.pop("test")
     else:
-        report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]))
+        report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]), site_calibration)
     # The registered detector runs at the operating point it was evaluated at.
     payload = {**payload, "config": {**payload["config"], "threshold_policy": threshold_policy}}
     promoted = Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, retrain_spread=spread,
@@ -439,13 +449,13 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     refs = []
     if references:
         refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],
-                                    parent.data.tags.get("objective", "clean"))
+                                    parent.data.tags.get("objective", "clean"), site_calibration)
     other = []
     if len(members):
         log(f"combining the {len(members)} best {'variants' if ensemble_distinct else 'trials'}: "
             + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
         combined = ensemble_candidate(member_payloads, members, splits, threshold_policy,
-                                      parent.data.tags.get("objective", "clean"))
+                                      parent.data.tags.get("objective", "clean"), site_calibration)
         shipped = choose_shipped(promoted, combined, ship)
         other = [combined if shipped is promoted else promoted]
         other[0].name = "single champion" if shipped is combined else f"ensemble of {len(members)} (not shipped)"

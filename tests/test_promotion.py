@@ -270,3 +270,29 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert tags["site_review_spills"] == "1" and tags["site_size"] == str(len(calibration) - 1)
     next_round = read_review(reviewed.review.table, calibration.names + [spill], calibration.root)
     assert next_round.verdicts[spill] == "spill" and next_round.verdicts[normal] == "normal"
+
+
+def test_promote_ships_the_matched_site_calibration_on_request(tiny_sweep, tmp_path):
+    from anomaly_ae.checkpoints import load_trained
+    from anomaly_ae.thresholds import matched_site_threshold
+    from anomaly_ae.validation import score_images
+
+    client = MlflowClient(tiny_sweep.uri)
+    parent = find_parent_run(client, tiny_sweep.experiment)
+    result = promote(client, tiny_sweep.uri, tiny_sweep.experiment, trial="seed000", force=True,
+                     model_name="itest-matched", site_calibration="matched", references=False, baselines=False,
+                     ensemble=0, config_out=tmp_path / "m.yaml", log=lambda *_: None)
+    site = result.promoted.report["site"]
+    calibration = site["calibration"]
+    assert calibration["site_calibration_mode"] == "matched"
+    assert int(calibration["site_rank"]) <= int(calibration["site_free_rank"])
+    # The threshold is the rule's on this detector's scores of the calibration part and the carried crops.
+    _, splits = load_sweep_data(parent, None)
+    payload = result.promoted.payload
+    state, cfg = load_trained(payload), payload["config"]
+    score = lambda u8: score_images(state, cfg, __import__("torch").from_numpy(np.ascontiguousarray(u8)))[0][cfg["score"]]
+    expected, details = matched_site_threshold(score(splits.site_calibration.images), score(splits.val_normal_matched),
+                                               score(splits.val_spill_matched), 0.95, 0.05, 0.05)
+    assert site["threshold"] == pytest.approx(expected) and calibration["site_rank"] == details["site_rank"]
+    tags = client.get_model_version_by_alias("itest-matched", "champion").tags
+    assert tags["site_calibration_mode"] == "matched" and tags["site_spill_estimate"] == details["site_spill_estimate"]

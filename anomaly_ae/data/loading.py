@@ -20,7 +20,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anomaly_ae.data.errors import DatasetError
-from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE, Review, SitePool, carry_to_site, read_review
+from anomaly_ae.data.site import (
+    DEFAULT_CALIBRATION_SHARE, Review, SitePool, carry_to_site, matching_lut, read_review,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_SIZE = (32, 48)  # (H, W): keeps the crops' wide ~30x48 aspect
@@ -232,9 +234,11 @@ class Splits:
     # other fixes the shipped threshold and chose nothing.
     site_selection: SitePool | None = None
     site_calibration: SitePool | None = None
-    # The validation spills carried to the site's light and colour (anomaly_ae.data.site.carry_to_site):
-    # what the site_matched objective counts against the site threshold.
+    # The validation crops carried to the site's light and colour (anomaly_ae.data.site.carry_to_site):
+    # the spills are what the site_matched objective counts against the site threshold; both feed the
+    # matched site calibration (anomaly_ae.thresholds.matched_site_threshold).
     val_spill_matched: np.ndarray | None = None
+    val_normal_matched: np.ndarray | None = None
 
 
 def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fraction: float = 1.0,
@@ -250,10 +254,12 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
     n_spill = max(1, int(round(val_spill_fraction * len(spill_order))))
     selection, calibration = data.site.split(site_calibration_share) if data.site is not None else (None, None)
     train = data.train[np.sort(order[n_val:])]
+    val_normal = data.train[np.sort(order[:n_val])]
     val_spill = data.proliv[np.sort(spill_order[:n_spill])]
+    lut = None if selection is None else matching_lut(train, selection.images)
     return Splits(
         train=train,
-        val_normal=data.train[np.sort(order[:n_val])],
+        val_normal=val_normal,
         val_spill=val_spill,
         test=data.test,
         test_labels=data.test_labels,
@@ -261,5 +267,6 @@ def make_splits(data: ProlivData, val_normal_fraction: float = 0.1, val_spill_fr
         content_hash=data.content_hash,
         site_selection=selection,
         site_calibration=calibration,
-        val_spill_matched=None if selection is None else carry_to_site(val_spill, train, selection),
+        val_spill_matched=None if lut is None else carry_to_site(val_spill, lut),
+        val_normal_matched=None if lut is None else carry_to_site(val_normal, lut),
     )

@@ -214,9 +214,7 @@ def matching_lut(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return lut
 
 
-def carry_to_site(images: np.ndarray, train: np.ndarray, pool: SitePool) -> np.ndarray:
-    """``images`` (crops taken under the train conditions) carried to the site's: each channel's pixel
-    values mapped so that the train normals' histogram becomes the pool's. Only the light and colour move;
-    a geometric shift is not carried."""
-    lut = matching_lut(train, pool.images)
+def carry_to_site(images: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``images`` (crops taken under the train conditions) carried to the site's by a ``matching_lut`` from
+    the train normals to the pool. Only the light and colour move; a geometric shift is not carried."""
     return np.stack([lut[c][images[..., c]] for c in range(3)], axis=-1)
