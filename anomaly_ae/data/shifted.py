@@ -19,7 +19,7 @@ from PIL import Image
 from anomaly_ae.data.synthetic import dataset_folder
 
 SIZE = (48, 32)  # PIL's (W, H)
-SHIFT = {"gain": 1.15, "gamma": 0.8, "tint": (14.0, 4.0, -10.0), "max_px": 3}
+SHIFT = {"gain": 1.15, "gamma": 0.8, "tint": (14.0, 4.0, -10.0), "max_px": 1}
 KINDS = ("digits-shifted", "photos-shifted")
 
 
