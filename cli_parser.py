@@ -153,6 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     objectives.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
     objectives.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
     objectives.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    review = sub.add_parser("simulate-review", help="mark a generated pool's review file by the generator's own draw",
+                            description="For measurements on the generated default dataset: mark the LIMIT "
+                                        "highest-scored undecided crops of a site review file spill or normal as the "
+                                        "generator drew them (what a person looking at each crop would mark).")
+    review.add_argument("--review", type=Path, required=True, help="site_review.tsv as promote wrote it")
+    review.add_argument("--out", type=Path, required=True, help="the marked file to write")
+    review.add_argument("--seed", type=int, default=0, help="the generator seed of the dataset (default 0)")
+    review.add_argument("--scale", type=float, default=1.0, help="the generator scale of the dataset (default 1)")
+    review.add_argument("--limit", type=positive_int, default=40, help="crops to mark (default 40)")
     server = sub.add_parser("server", help="the tracking server for a cluster: mlflow server on PostgreSQL, basic auth",
                             description="Upgrade the store's schema, size its connection pool from the sweep's "
                                         "concurrency, write the basic-auth config, print the client's export lines, "

@@ -181,6 +181,14 @@ def cmd_benchmark_objectives(args) -> int:
     return 0
 
 
+def cmd_simulate_review(args) -> int:
+    from benchmarks.review import simulate_review
+
+    counts = simulate_review(args.review, args.out, args.seed, args.scale, args.limit)
+    say(f"wrote {args.out}: marked {counts['marked']} crops ({counts['spills']} spills) of {counts['listed']} listed")
+    return 0
+
+
 def cmd_server(args) -> int:
     from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, prepare_server, startup_lines
 
@@ -236,7 +244,8 @@ COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd
             "analyze": cmd_analyze, "promote": cmd_promote, "predict": cmd_predict,
             "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn,
             "server": cmd_server, "benchmark-tracking": cmd_benchmark_tracking, "calibrate": cmd_calibrate,
-            "fidelity": cmd_fidelity, "benchmark-objectives": cmd_benchmark_objectives}
+            "fidelity": cmd_fidelity, "benchmark-objectives": cmd_benchmark_objectives,
+            "simulate-review": cmd_simulate_review}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,3 +198,26 @@ def test_reviewed_spills_leave_the_pool_and_the_bound_shrinks_by_as_many(tmp_pat
     review.write_text("4.png\nnot-there.png\n")
     with pytest.raises(DatasetError, match="spills.txt:2: 'not-there.png' is not a crop of the site pool"):
         load_site_pool(pool, (32, 48), review=review)
+
+
+def test_site_truth_is_the_generators_draw_and_a_simulated_review_marks_by_it(tiny_data_dir, tmp_path):
+    from anomaly_ae.data.site import read_review, review_rows, write_review
+    from anomaly_ae.data.synthetic import SITE_MIN, site_truth
+    from benchmarks.review import simulate_review
+
+    truth = site_truth(seed=1, scale=0.02)  # the tiny_data_dir fixture's dataset
+    names = sorted(p.name for p in (tiny_data_dir / "site").iterdir())
+    assert sorted(truth) == names and len(names) == SITE_MIN and 0 < sum(truth.values()) < 20
+    # The drawn spills are the crops with the bright streak: their brightest pixel stands well above the normals'.
+    data = load_proliv(tiny_data_dir, cache_dir=tmp_path / "c")
+    brightest = data.site.images.max(axis=(1, 2, 3)).astype(float)
+    is_spill = np.array([truth[n] for n in data.site.names])
+    assert brightest[is_spill].mean() > brightest[~is_spill].mean() + 3 * brightest[~is_spill].std()
+    # A review of the top crops, marked by the draw; the limit leaves the rest undecided.
+    listed = [n for n in names if truth[n]][:3] + [n for n in names if not truth[n]][:3]
+    review = write_review(review_rows([(n, 10.0 - i) for i, n in enumerate(listed)]), tmp_path / "r.tsv")
+    counts = simulate_review(review, tmp_path / "marked.tsv", seed=1, scale=0.02, limit=4)
+    assert counts == {"marked": 4, "spills": 3, "listed": 6}
+    marked = read_review(tmp_path / "marked.tsv", names, "/site")
+    assert marked.spills == set(listed[:3]) and marked.normals == {listed[3]}
+    assert marked.verdicts[listed[4]] == marked.verdicts[listed[5]] == ""

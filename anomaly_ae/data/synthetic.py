@@ -178,6 +178,23 @@ def dataset_folder(out, overwrite: bool = False, subfolders=("train", "proliv", 
             shutil.rmtree(tmp)
 
 
+def site_draw(site_seq: np.random.SeedSequence, scale: float) -> tuple[np.ndarray, list]:
+    """Which site crops are spills, and each crop's seed."""
+    n_site = max(SITE_MIN, int(round(SITE_COUNT * scale)))
+    site_order, *site_children = site_seq.spawn(n_site + 1)
+    return np.random.default_rng(site_order).random(n_site) < SITE_SPILL_FRACTION, site_children
+
+
+def site_truth(seed: int = 0, scale: float = 1.0) -> dict[str, bool]:
+    """The generator's own draw of which site crops (by file name) are spills: what a person reviewing a
+    generated pool would see. For measurements only; no command of the harness reads it."""
+    root_seq = np.random.SeedSequence(seed)
+    root_seq.spawn(4)
+    (site_seq,) = root_seq.spawn(1)
+    spills, _ = site_draw(site_seq, scale)
+    return {f"{i:05d}.jpg": bool(s) for i, s in enumerate(spills)}
+
+
 def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False) -> dict:
     """Write the proliv layout under ``out``; counts are the real ones times ``scale``."""
     if scale <= 0:
@@ -200,11 +217,9 @@ def make_dataset(out, scale: float = 1.0, seed: int = 0, overwrite: bool = False
             _save(render_crop(np.random.default_rng(child), bool(label), TEST_CONDITIONS), tmp / "test" / "imgs" / name)
             lines.append(f"{name} {label}")
         (tmp / "test" / "test_annotation.txt").write_text("\n".join(lines) + "\n")
-        n_site = max(SITE_MIN, int(round(SITE_COUNT * scale)))
-        site_order, *site_children = site_seq.spawn(n_site + 1)
-        site_spill = np.random.default_rng(site_order).random(n_site) < SITE_SPILL_FRACTION
+        site_spill, site_children = site_draw(site_seq, scale)
         for i, (child, spill) in enumerate(zip(site_children, site_spill)):
             # No label is written: a site pool is unlabelled by definition.
             _save(render_crop(np.random.default_rng(child), bool(spill), TEST_CONDITIONS), tmp / "site" / f"{i:05d}.jpg")
     return {"train": counts["train"], "proliv": counts["proliv"],
-            "test": int(labels.size), "test_spills": int(labels.sum()), "site": n_site}
+            "test": int(labels.size), "test_spills": int(labels.sum()), "site": int(site_spill.size)}
