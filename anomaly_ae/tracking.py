@@ -163,6 +163,7 @@ _SECTIONS = {"val_pauroc": "val/pauroc", "val_aupr": "val/aupr", "threshold": "v
              "objective_shift": "val/objective_shift", "objective_site": "val/objective_site",
              "objective_site_matched": "val/objective_site_matched", "site_matched_margin": "val/site_matched_margin",
              "best_objective_site_matched": "best/objective_site_matched",
+             "objective_site_blend": "val/objective_site_blend", "best_objective_site_blend": "best/objective_site_blend",
              "site_margin": "val/site_margin", "site_threshold": "val/site_threshold", "val_margin": "val/margin",
              "tpr_at_tnr": "val/tpr_at_tnr", "best_objective_clean": "best/objective_clean",
              "best_objective_site": "best/objective_site", "best_objective_shift": "best/objective_shift",

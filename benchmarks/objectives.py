@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COMPARED = ("clean", "site", "site_matched")
+COMPARED = ("clean", "site", "site_matched", "site_blend")
 
 
 def champion_of(frame: pd.DataFrame, objective: str) -> pd.Series:
@@ -30,12 +30,15 @@ def champion_of(frame: pd.DataFrame, objective: str) -> pd.Series:
 
 
 def objective_table(client, experiment: str, data_dir: Path | None = None) -> pd.DataFrame:
+    from anomaly_ae.selection import site_blend
     from anomaly_ae.thresholds import SITE_CALIBRATIONS
     from sweeps.promote import evaluate_once
     from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 
     parent = find_parent_run(client, experiment)
     frame = sweep_frame(client, parent)
+    if frame["objective_site_blend"].isna().all():  # a sweep from before site_blend was logged: derive it
+        frame["objective_site_blend"] = site_blend(frame["objective_clean"], frame["objective_site_matched"])
     _, splits = load_sweep_data(parent, data_dir)
     if splits.site_calibration is None:
         raise SweepNotFound(f"sweep {experiment!r} has no site pool: nothing to calibrate at the site")

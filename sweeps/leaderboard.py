@@ -32,7 +32,7 @@ def results_frame(results) -> pd.DataFrame:
             **trial_row(cfg), "score": score,
             "best_objective": best, "final_objective": last.get("objective", math.nan),
             **{key: float(at_best.get(key, math.nan))
-               for key in ("objective_clean", "objective_site", "objective_site_matched")},
+               for key in ("objective_clean", "objective_site", "objective_site_matched", "objective_site_blend")},
             "tie_break": tie_break({k: float(at_best.get(k, math.nan)) for k in OBJECTIVE_MARGIN.values()},
                                    cfg["objective"]),
             "val_auroc": last.get("val_auroc", math.nan), "epochs": last.get("epoch", 0),
@@ -70,7 +70,7 @@ def leaderboard_rows(frame: pd.DataFrame, top: int = 10, references: pd.DataFram
     elif "reused_from" in shown:
         shown = shown.drop(columns="reused_from")
     cols = ["rank", "trial_id", "baseline", "reused_from", "variant", "score", "best_objective", "objective_ci", "objective_clean",
-            "objective_site", "objective_site_matched", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
+            "objective_site", "objective_site_matched", "objective_site_blend", "tie_break", "val_auroc", "epochs", "status", "image", "normalisation", "lr", "batch_size"]
     return shown[[c for c in cols if c in shown]]
 
 

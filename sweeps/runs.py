@@ -95,6 +95,7 @@ def sweep_frame(client, parent) -> pd.DataFrame:
             "objective_clean": run_metric(run, "best_objective_clean"),
             "objective_site": run_metric(run, "best_objective_site"),
             "objective_site_matched": run_metric(run, "best_objective_site_matched"),
+            "objective_site_blend": run_metric(run, "best_objective_site_blend"),
             "tie_break": run_metric(run, "best_tie_break", -math.inf),
             "final_objective": metrics.get("objective", math.nan),
             "val_auroc": metrics.get("val_auroc", math.nan),
@@ -195,6 +196,7 @@ def reference_frame(client, parent) -> pd.DataFrame:
                      "objective_clean": run_metric(run, "objective_clean"),
                      "objective_site": run_metric(run, "objective_site"),
                      "objective_site_matched": run_metric(run, "objective_site_matched"),
+                     "objective_site_blend": run_metric(run, "objective_site_blend"),
                      "val_auroc": run.data.metrics.get("val_auroc", math.nan), "status": run.info.status})
     return pd.DataFrame(rows)
 

@@ -18,6 +18,7 @@ from typing import Callable
 import pandas as pd
 
 from anomaly_ae.fixed_work import data_key
+from anomaly_ae.selection import site_blend
 from sweeps.spec import (
     DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
 )
@@ -297,7 +298,8 @@ def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
             metrics.update(objective_site=ref.metrics["tpr_at_site"], site_margin=ref.metrics["site_margin"])
         if "tpr_at_site_matched" in ref.metrics:
             metrics.update(objective_site_matched=ref.metrics["tpr_at_site_matched"],
-                           site_matched_margin=ref.metrics["site_matched_margin"])
+                           site_matched_margin=ref.metrics["site_matched_margin"],
+                           objective_site_blend=site_blend(ref.metrics["tpr_at_tnr"], ref.metrics["tpr_at_site_matched"]))
         metrics.update(objective_clean=ref.metrics["tpr_at_tnr"], val_margin=ref.metrics["val_margin"])
         run.log_reference(ref.name, ref.description, metrics)
     log("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs))

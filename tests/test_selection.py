@@ -117,3 +117,15 @@ def test_benchmark_holds_every_sweep_to_the_best_baseline_of_any_sweep():
     t, best = anytime_curve(frame, start_ms=1000)
     assert t == [3.0, 4.0, 5.0]
     assert best == [0.6, 0.7, 0.9]  # searched trials only, cumulative best in order of their end
+
+
+def test_the_site_objectives_by_hand():
+    from anomaly_ae.selection import score_objective, tie_break
+
+    metrics = {"tpr_at_tnr": 0.9, "tpr_at_site": 0.2, "tpr_at_site_matched": 0.6, "val_margin": 1.0,
+               "site_margin": 2.0, "site_matched_margin": 3.0}
+    assert score_objective(metrics, "site") == 0.2 and score_objective(metrics, "site_matched") == 0.6
+    assert score_objective(metrics, "site_blend") == pytest.approx(0.75)
+    assert tie_break(metrics, "site_matched") == tie_break(metrics, "site_blend") == 3.0
+    with pytest.raises(ValueError, match="unknown objective 'sight'"):
+        score_objective(metrics, "sight")

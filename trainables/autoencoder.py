@@ -25,7 +25,7 @@ from anomaly_ae.data import Splits
 from anomaly_ae.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
 from anomaly_ae.models import model_spec
 from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
-from anomaly_ae.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, tie_break
+from anomaly_ae.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
 from anomaly_ae.tracking import Tracking, TrackingUnavailable, TrialRun, trial_run_name
 from anomaly_ae.training import DivergedError, build_trial, train_one_epoch
 from anomaly_ae.validation import SiteInput, evaluate, judge, nuisance_split, score_images
@@ -63,6 +63,7 @@ def epoch_report(epoch: int, train_loss: float, metrics: dict, verdict: dict, se
     if "tpr_at_site_matched" in main:
         report["objective_site_matched"] = main["tpr_at_site_matched"]
         report["site_matched_margin"] = main["site_matched_margin"]
+        report["objective_site_blend"] = site_blend(main["tpr_at_tnr"], main["tpr_at_site_matched"])
     for name, m in metrics.items():
         report[f"tpr_at_tnr_{name}"] = m["tpr_at_tnr"]
         report[f"auroc_{name}"] = m["auroc"]
