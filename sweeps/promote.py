@@ -247,9 +247,9 @@ def current_champion(client, model_name: str):
 
 def comparable_key(dataset_hash: str, objective: str, selection_hash: str) -> dict[str, str]:
     """What two detectors' validation objectives must share to be compared: the labelled data, the
-    objective, and (for the site objective) the pool part that scored them."""
-    return {"dataset_hash": dataset_hash, "objective": objective,
-            "site_selection_hash": selection_hash if objective == "site" else ""}
+    objective, and (for the site objectives) the pool part that scored them."""
+    key = {"dataset_hash": dataset_hash, "objective": objective}
+    return {**key, "site_selection_hash": selection_hash} if objective.startswith("site") else key
 
 
 def champion_check(client, model_name: str, val_objective: float, key: dict[str, str]) -> str | None:
@@ -525,11 +525,11 @@ def promotion_lines(result: "Promotion", threshold_policy: str, model_name: str)
     if "site" in p.report:
         lines.append(f"  site threshold:       {operating_line(p.report['site'])}  <- shipped")
     if result.review is not None:
-        lines.append(f"wrote {result.review.page} and {result.review.table}: the {result.review.flagged} crops of the "
-                     f"pool's calibration part above the shipped threshold, highest first, to mark spill or normal "
-                     f"(open the page, mark, save). Spills among them use false-alarm slots the rule must assume are "
-                     f"normals'; promote again with --site-review {result.review.table.name} to take the marked "
-                     f"spills out of the pool")
+        lines.append(f"wrote {result.review.page} and {result.review.table}: the {len(result.review.rows)} highest-"
+                     f"scored crops of the pool's calibration part ({result.review.above} above the shipped threshold, "
+                     f"{result.review.undecided} not yet marked), to mark spill or normal (open the page, mark, save). "
+                     f"Spills among them use false-alarm slots the rule must assume are normals'; promote again with "
+                     f"--site-review {result.review.table.name} to take the marked spills out of the pool")
     lines.append(f"registered {model_name} version {result.version.version} with alias 'champion' "
                  f"(models:/{model_name}@champion)")
     lines.append(f"wrote {result.config_path} (reproduce with: python run_search.py search --config "

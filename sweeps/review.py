@@ -1,5 +1,6 @@
-"""The site review promote hands to a person: the calibration crops above the shipped threshold, as a
-file to fill (``site_review.tsv``) and a page to fill it from (``site_review.html``).
+"""The site review promote hands to a person: the highest-scored crops of the pool's calibration part
+(every one above the shipped threshold, and at least ``REVIEW_SIZE``), as a file to fill
+(``site_review.tsv``) and a page to fill it from (``site_review.html``).
 
 A review restores power (Bashari, Sesia and Romano, ICML 2025): the site rule must assume every pool
 crop may be a spill scoring just below the threshold, so each confirmed spill taken out of the pool
@@ -23,7 +24,11 @@ from anomaly_ae.data.site import REVIEW_HEADER, Review, SitePool, review_rows, w
 REVIEW_FILE = "site_review.tsv"
 REVIEW_PAGE = "site_review.html"
 PAGE_SCALE = 4  # 32x48 crops shown at 128x192 pixels
-LOGGED_IMAGES = 16  # the top flagged crops logged to the promotion run as MLflow images
+LOGGED_IMAGES = 16  # the top listed crops logged to the promotion run as MLflow images
+# A round lists at least this many crops: the rule's threshold often sits above every pool normal, so the
+# crops above it are all spills and a review of those alone frees few slots; the next ones down are where
+# a person's marks move the threshold.
+REVIEW_SIZE = 40
 
 
 @dataclass
@@ -32,15 +37,23 @@ class ReviewFiles:
     page: Path
     rows: list[tuple[str, float, str]]
 
+    threshold: float
+
     @property
-    def flagged(self) -> int:
+    def undecided(self) -> int:
         return sum(1 for _, _, verdict in self.rows if not verdict)
 
+    @property
+    def above(self) -> int:
+        return sum(1 for _, score, _ in self.rows if score > self.threshold)
 
-def flagged_crops(scores, threshold: float, pool: SitePool) -> list[tuple[str, float]]:
-    """The pool crops scored above ``threshold``: (name, score), highest first."""
-    rows = [(name, float(s)) for name, s in zip(pool.names, scores) if s > threshold]
-    return sorted(rows, key=lambda r: -r[1])
+
+def review_crops(scores, threshold: float, pool: SitePool, size: int = REVIEW_SIZE) -> list[tuple[str, float]]:
+    """The pool's highest-scored crops, (name, score), highest first: every one above ``threshold``, and at
+    least ``size``."""
+    rows = sorted(((name, float(s)) for name, s in zip(pool.names, scores)), key=lambda r: -r[1])
+    above = sum(1 for _, s in rows if s > threshold)
+    return rows[:max(above, size)]
 
 
 def upscaled(image: np.ndarray, scale: int = PAGE_SCALE) -> np.ndarray:
@@ -55,7 +68,8 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def review_page(rows: list[tuple[str, float, str]], images: dict[str, np.ndarray], title: str) -> str:
+def review_page(rows: list[tuple[str, float, str]], images: dict[str, np.ndarray], title: str,
+                threshold: float = math.inf) -> str:
     """A self-contained page: each crop at a readable size with its score, a spill / normal choice, and a
     button that saves the review file exactly as ``read_review`` reads it."""
     figures = []
@@ -66,8 +80,9 @@ def review_page(rows: list[tuple[str, float, str]], images: dict[str, np.ndarray
             f'<label><input type="radio" name="v{i}" value="{value}"{" checked" if verdict == value else ""}> '
             f'{label}</label>' for value, label in (("spill", "spill"), ("normal", "normal"), ("", "not looked at")))
         score_text = "" if math.isnan(score) else f"{score:.6g}"
+        flag = " · <b>above the threshold</b>" if score > threshold else ""
         figures.append(f'<figure class="crop" data-name="{html.escape(name)}" data-score="{score_text}">{picture}'
-                       f'<figcaption>{html.escape(name)} · score {score_text or "-"}</figcaption>{choices}</figure>')
+                       f'<figcaption>{html.escape(name)} · score {score_text or "-"}{flag}</figcaption>{choices}</figure>')
     header = json.dumps("\t".join(REVIEW_HEADER))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -80,8 +95,8 @@ body {{ font-family: sans-serif; margin: 1.5em; }}
 .gone {{ height: {32 * PAGE_SCALE}px; color: #777; display: flex; align-items: center; text-align: center; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Each crop below scored above the shipped threshold on the part of the site pool that fixed it. Mark the ones
-you can judge, then save: the file goes to <code>run_search.py promote --site-review FILE</code> as it is.
+<p>The highest-scored crops of the part of the site pool that fixed the shipped threshold ({threshold:.6g}),
+highest first. Mark the ones you can judge, then save: the file goes to <code>run_search.py promote --site-review FILE</code> as it is.
 A crop marked <b>spill</b> is taken out of the pool; a crop marked <b>normal</b> stays. Mark only what you saw:
 a normal marked spill lowers the threshold by one crop, and the promised TNR no longer holds.</p>
 <p><button id="save">Save {REVIEW_FILE}</button> <span id="counts"></span></p>
@@ -120,15 +135,15 @@ document.getElementById("save").addEventListener("click", () => {{
 
 def write_review_files(scores, threshold: float, pool: SitePool, earlier: Review | None, folder: Path,
                        title: str) -> ReviewFiles:
-    """The review file and its page for the crops of ``pool`` above ``threshold``, with the earlier rounds'
-    verdicts carried over."""
-    rows = review_rows(flagged_crops(scores, threshold, pool), earlier)
+    """The review file and its page for the highest-scored crops of ``pool`` (``review_crops``), with the
+    earlier rounds' verdicts carried over."""
+    rows = review_rows(review_crops(scores, threshold, pool), earlier)
     images = dict(zip(pool.names, pool.images))
     folder = Path(folder)
     table = write_review(rows, folder / REVIEW_FILE)
     page = folder / REVIEW_PAGE
-    page.write_text(review_page(rows, images, title), encoding="utf-8")
-    return ReviewFiles(table, page, rows)
+    page.write_text(review_page(rows, images, title, threshold), encoding="utf-8")
+    return ReviewFiles(table, page, rows, threshold)
 
 
 def log_review(client, run_id: str, files: ReviewFiles, pool: SitePool) -> None:

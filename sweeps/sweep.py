@@ -100,22 +100,25 @@ def find_perceptual(log=print) -> bool:
         return False
 
 
-def resolve_objective(spec: SweepSpec, site) -> SweepSpec:
-    """The objective, once the data shows whether there is a site pool; the site objective needs one,
-    and one large enough for the site rule."""
+def resolve_objective(spec: SweepSpec, splits) -> SweepSpec:
+    """The objective, once the data shows whether there is a site pool; the site objectives need one,
+    and each of its two parts large enough for the site rule."""
     from anomaly_ae.thresholds import min_site_pool_size
 
+    parts = (splits.site_selection, splits.site_calibration)
     if spec.objective is None:
-        spec = spec.replace(objective=DEFAULT_OBJECTIVE_WITH_SITE if site is not None else DEFAULT_OBJECTIVE)
-    if site is None:
-        if spec.objective == "site":
-            raise SpecError("--objective site: there is no site pool (give --site DIR, or put crops in DATA/site/)")
+        spec = spec.replace(objective=DEFAULT_OBJECTIVE_WITH_SITE if parts[0] is not None else DEFAULT_OBJECTIVE)
+    if parts[0] is None:
+        if spec.objective.startswith("site"):
+            raise SpecError(f"--objective {spec.objective}: there is no site pool (give --site DIR, or put crops in "
+                            f"DATA/site/)")
         return spec
-    need = min_site_pool_size(spec.tnr_target, site.max_spill_fraction, site.delta)
-    if len(site) < need:
-        raise SpecError(f"--site: {site.root} holds {len(site)} crops; the site threshold needs at least {need} "
-                        f"for TNR >= {spec.tnr_target} with probability {1 - site.delta:g} at a spill bound of "
-                        f"{site.max_spill_fraction:g}")
+    need = min_site_pool_size(spec.tnr_target, parts[0].max_spill_fraction, parts[0].delta)
+    if min(len(p) for p in parts) < need:
+        raise SpecError(f"--site: {parts[0].root} holds {sum(len(p) for p in parts)} crops, split into "
+                        f"{len(parts[0])} that choose and {len(parts[1])} that calibrate; the site threshold needs at "
+                        f"least {need} in each for TNR >= {spec.tnr_target} with probability {1 - parts[0].delta:g} at "
+                        f"a spill bound of {parts[0].max_spill_fraction:g} (--site-calibration-share sets the split)")
     return spec
 
 
@@ -152,7 +155,7 @@ class Sweep:
                      f"{len(splits.site_calibration)} calibrate)" if data.site is not None else ", no site pool")
         log(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
             f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)")
-        spec = resolve_objective(spec, data.site)
+        spec = resolve_objective(spec, splits)
         perceptual = find_perceptual(log)
         points = enqueued_points(spec, trial_config, perceptual)
         tags = {

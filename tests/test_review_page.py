@@ -29,7 +29,10 @@ def test_a_person_marks_crops_on_the_page_and_saves_a_file_promote_reads(tmp_pat
     earlier = read_review(_written(tmp_path, review_rows([("006.jpg", 2.5)])), names, "/pool")
     earlier.verdicts["006.jpg"] = "normal"
     files = write_review_files(scores, 1.0, pool, earlier, tmp_path / "out", "Site review: test")
-    assert [r[0] for r in files.rows] == ["001.jpg", "003.jpg", "004.jpg", "007.jpg", "006.jpg"]
+    # Every crop above the threshold, then the next ones down: at least REVIEW_SIZE (all 8 here).
+    assert [r[0] for r in files.rows] == ["001.jpg", "003.jpg", "004.jpg", "007.jpg", "006.jpg", "005.jpg", "002.jpg",
+                                          "000.jpg"]
+    assert (files.above, files.undecided) == (4, 7)
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -37,15 +40,16 @@ def test_a_person_marks_crops_on_the_page_and_saves_a_file_promote_reads(tmp_pat
             page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
             page.goto(files.page.as_uri())
             figures = page.locator("figure.crop")
-            assert figures.count() == 5
+            assert figures.count() == 8
             # Readable size: each crop drawn at PAGE_SCALE times its pixels.
             box = figures.nth(0).locator("img").bounding_box()
             assert (round(box["width"]), round(box["height"])) == (48 * PAGE_SCALE, 32 * PAGE_SCALE)
-            assert "score 5" in figures.nth(0).inner_text()
+            assert "score 5 · above the threshold" in figures.nth(0).inner_text()
+            assert "above the threshold" not in figures.nth(4).inner_text()
             assert figures.nth(4).locator("input[value=normal]").is_checked()  # the earlier verdict, kept
             figures.nth(0).locator("input[value=spill]").check()
             figures.nth(2).locator("input[value=normal]").check()
-            assert page.locator("#counts").inner_text() == "1 spill, 2 normal, 2 not looked at"
+            assert page.locator("#counts").inner_text() == "1 spill, 2 normal, 5 not looked at"
             SCREENSHOTS.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOTS / "site_review_page.png"), full_page=True)
             with page.expect_download() as download:
@@ -57,7 +61,7 @@ def test_a_person_marks_crops_on_the_page_and_saves_a_file_promote_reads(tmp_pat
             browser.close()
     review = read_review(saved, names, "/pool")
     assert review.spills == {"001.jpg"} and review.normals == {"004.jpg", "006.jpg"}
-    assert review.verdicts["003.jpg"] == review.verdicts["007.jpg"] == ""
+    assert review.verdicts["003.jpg"] == review.verdicts["007.jpg"] == review.verdicts["000.jpg"] == ""
     assert review.scores["001.jpg"] == 5.0
 
 

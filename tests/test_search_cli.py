@@ -128,16 +128,18 @@ def test_the_sweep_tells_its_story_in_mlflow(tiny_sweep):
     assert parent.data.metrics["best_objective"] == pytest.approx(top)
     assert max(best_so_far, key=lambda m: m.step).value == pytest.approx(top)
     assert {"reference_pca16_objective", "reference_knn5_objective", "trials_finished"} <= set(parent.data.metrics)
-    # The tiny dataset has a site pool: the default objective is the site one, and the sweep records the pool;
-    # both objectives are logged, and the leaderboard shows both.
-    assert parent.data.tags["objective"] == "site" and int(parent.data.tags["site_size"]) == 160
+    # The tiny dataset has a site pool: the default objective is site_blend, and the sweep records the pool;
+    # every objective is logged, and the leaderboard shows them.
+    assert parent.data.tags["objective"] == "site_blend" and int(parent.data.tags["site_size"]) == 160
     # Split in two: the trials were judged on the selection part only.
     tags = parent.data.tags
     assert int(tags["site_selection_size"]) + int(tags["site_calibration_size"]) == 160
     assert tags["site_calibration_share"] == "0.5" and tags["site_selection_hash"] != tags["site_calibration_hash"]
-    assert frame["objective_clean"].notna().all() and frame["objective_site"].notna().all()
+    assert frame[["objective_clean", "objective_site", "objective_site_matched", "objective_site_blend"]].notna().all().all()
     for run in trials:
-        assert run.data.metrics["objective"] == run.data.metrics["val/objective_site"]
+        assert run.data.metrics["objective"] == run.data.metrics["val/objective_site_blend"]
+        assert run.data.metrics["val/objective_site_blend"] == pytest.approx(
+            (run.data.metrics["val/objective_clean"] + run.data.metrics["val/objective_site_matched"]) / 2)
     assert "objective_site" in tiny_sweep.out and "objective_clean" in tiny_sweep.out
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
@@ -164,8 +166,9 @@ def test_the_site_objective_needs_a_site_pool_large_enough(tmp_path, capsys):
     for p in sorted((root / "site").iterdir())[:40]:
         shutil.copy(p, small / p.name)
     assert run_search.main([*args, "--site", str(small)]) == 2
-    assert f"--site: {small} holds 40 crops; the site threshold needs at least 62" in capsys.readouterr().err
+    assert f"--site: {small} holds 40 crops, split into" in (err := capsys.readouterr().err)
+    assert "the site threshold needs at least 62 in each" in err
     shutil.rmtree(root / "site")
-    assert run_search.main([*args, "--objective", "site"]) == 2
-    assert "--objective site: there is no site pool" in capsys.readouterr().err
+    assert run_search.main([*args, "--objective", "site_matched"]) == 2
+    assert "--objective site_matched: there is no site pool" in capsys.readouterr().err
     assert not (tmp_path / "ray").exists()  # refused before Ray started

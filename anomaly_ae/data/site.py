@@ -187,7 +187,8 @@ def write_review(rows: list[tuple[str, float, str]], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        "# site crops above the shipped threshold, highest score first, then earlier rounds' verdicts.\n"
+        "# the highest-scored site crops of the calibration part (every one above the shipped threshold among\n"
+        "# them), highest first, then earlier rounds' verdicts.\n"
         "# Fill the verdict column with 'spill' or 'normal' (blank: not looked at) and pass this file as it\n"
         "# is to promote --site-review. A spill is taken out of the pool; a normal stays in it. Marking a\n"
         "# normal 'spill' lowers the threshold by one crop and voids the promised TNR: mark only what you saw.\n"
