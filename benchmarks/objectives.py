@@ -37,8 +37,9 @@ def objective_table(client, experiment: str, data_dir: Path | None = None) -> pd
 
     parent = find_parent_run(client, experiment)
     frame = sweep_frame(client, parent)
-    if frame["objective_site_blend"].isna().all():  # a sweep from before site_blend was logged: derive it
-        frame["objective_site_blend"] = site_blend(frame["objective_clean"], frame["objective_site_matched"])
+    # Trials from before site_blend was logged: derived from the two objectives it blends.
+    frame["objective_site_blend"] = frame["objective_site_blend"].fillna(
+        site_blend(frame["objective_clean"], frame["objective_site_matched"]))
     _, splits = load_sweep_data(parent, data_dir)
     if splits.site_calibration is None:
         raise SweepNotFound(f"sweep {experiment!r} has no site pool: nothing to calibrate at the site")
