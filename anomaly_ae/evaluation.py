@@ -6,12 +6,14 @@ import torch
 
 from anomaly_ae.data import SitePool, Splits
 from anomaly_ae.metrics import evaluation_report, tpr_at_tnr
-from anomaly_ae.thresholds import SITE_CALIBRATIONS, matched_site_threshold, select_threshold, site_threshold
+from anomaly_ae.thresholds import (
+    DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS, matched_site_threshold, select_threshold, site_threshold,
+)
 from anomaly_ae.training import TrialState
 from anomaly_ae.validation import score_images
 
 
-def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool, mode: str = "distribution_free",
+def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool, mode: str = DEFAULT_SITE_CALIBRATION,
                      matched: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The threshold the site rule fixes on a detector's pool scores, with what records the pool.
 
@@ -69,7 +71,7 @@ def operating_report(report: dict) -> dict:
 
 
 def test_report(state: TrialState, cfg: dict, splits: Splits, val_scores: dict,
-                policies: tuple[str, ...] | None = None, site_mode: str = "distribution_free") -> dict:
+                policies: tuple[str, ...] | None = None, site_mode: str = DEFAULT_SITE_CALIBRATION) -> dict:
     """Thresholds from the validation scores, one per policy (default: the config's), and from the site
     pool's calibration part when the splits have one; one pass over test."""
     score = cfg["score"]
