@@ -275,6 +275,8 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
 
 
 def test_promote_ships_the_matched_site_calibration_on_request(tiny_sweep, tmp_path):
+    import torch
+
     from anomaly_ae.checkpoints import load_trained
     from anomaly_ae.thresholds import matched_site_threshold
     from anomaly_ae.validation import score_images
@@ -292,7 +294,10 @@ def test_promote_ships_the_matched_site_calibration_on_request(tiny_sweep, tmp_p
     _, splits = load_sweep_data(parent, None)
     payload = result.promoted.payload
     state, cfg = load_trained(payload), payload["config"]
-    score = lambda u8: score_images(state, cfg, __import__("torch").from_numpy(np.ascontiguousarray(u8)))[0][cfg["score"]]
+
+    def score(u8):
+        return score_images(state, cfg, torch.from_numpy(np.ascontiguousarray(u8)))[0][cfg["score"]]
+
     expected, details = matched_site_threshold(score(splits.site_calibration.images), score(splits.val_normal_matched),
                                                score(splits.val_spill_matched), 0.95, 0.05, 0.05)
     assert site["threshold"] == pytest.approx(expected) and calibration["site_rank"] == details["site_rank"]
