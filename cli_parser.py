@@ -10,6 +10,7 @@ from sweeps.spec import (
     non_negative_int, positive_int, risk,
 )
 from anomaly_ae.data.shifted import KINDS as SHIFTED_KINDS
+from anomaly_ae.data.textures import TEXTURES
 from anomaly_ae.selection import OBJECTIVES
 from anomaly_ae.thresholds import DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS
 
@@ -22,14 +23,15 @@ DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
     python run_search.py predict --model champion --images DIR --out scores.csv
     python run_search.py server --backend-store-uri postgresql://... --artifacts-destination DIR
     python run_search.py make-data | list-models | calibrate | fidelity
-    python run_search.py benchmark-search | benchmark | benchmark-knn | benchmark-tracking | benchmark-objectives
+    python run_search.py benchmark-search | benchmark | benchmark-knn | benchmark-tracking | benchmark-objectives |
+                         benchmark-families
 """
 
 # The policies of anomaly_ae.thresholds (kept literal: the parser must not import torch).
 POLICY_CHOICES = ["tnr_target", "midpoint", "best_f1", "tpr_target", "min_anomaly", "normal_quantile"]
 # Those of anomaly_ae.scores and benchmarks.calibrate, literal for the same reason.
 SCORE_TYPES = ["mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual", "knn_mean",
-               "knn_kth", "latent_knn", "latent_hybrid"]
+               "knn_kth", "latent_knn", "latent_hybrid", "map_max", "map_topk", "mahalanobis"]
 CALIBRATION_CONFIGS = ["seed000", "strong", "pca32"]
 
 
@@ -51,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write the embedded default dataset in the real folder layout; with --kind "
                                       "digits, the real handwritten digits of scikit-learn in that layout.")
     make.add_argument("--out", type=Path, required=True, help="output folder")
-    make.add_argument("--kind", choices=["proliv", "digits", *SHIFTED_KINDS], default="proliv",
+    make.add_argument("--kind", choices=["proliv", "digits", *SHIFTED_KINDS, "textures"], default="proliv",
                       help="proliv: the procedural default; digits: sklearn's scans, 0-7 normal, 8-9 spills; "
                            "digits-shifted, photos-shifted: real images with test/ and a site pool under another "
-                           "light and framing (anomaly_ae/data/shifted.py)")
+                           "light and framing (anomaly_ae/data/shifted.py); textures: crops of a real texture "
+                           "photograph with pasted photo pieces, scratches and stains (anomaly_ae/data/textures.py)")
+    make.add_argument("--texture", choices=TEXTURES, default=TEXTURES[0],
+                      help=f"the photograph of --kind textures (default {TEXTURES[0]})")
     make.add_argument("--scale", type=float, default=1.0, help="multiply the real counts (default 1)")
     make.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     make.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
@@ -153,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     objectives.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
     objectives.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
     objectives.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    families = sub.add_parser("benchmark-families", help="each detector family's best trial, tested; epoch costs",
+                              description="For a finished sweep: the best trial (by the sweep's validation ranking) "
+                                          "of each synthetic-anomaly family (draem, cutpaste) and of the pixel "
+                                          "families together, shipped as promote ships it, tested once: test AUROC "
+                                          "and TPR/TNR at the shipped threshold; then seconds per epoch of each "
+                                          "family against conv_ae, interleaved, with parameters and GPU memory.")
+    families.add_argument("--experiment", required=True, help="the sweep's MLflow experiment")
+    families.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
+    families.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
+    families.add_argument("--no-costs", action="store_true", help="skip the epoch timings")
+    families.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     review = sub.add_parser("simulate-review", help="mark a generated pool's review file by the generator's own draw",
                             description="For measurements on the generated default dataset: mark the LIMIT "
                                         "highest-scored undecided crops of a site review file spill or normal as the "

@@ -58,6 +58,10 @@ def cmd_make_data(args) -> int:
         from anomaly_ae.data.shifted import make_shifted_dataset
 
         counts = make_shifted_dataset(args.kind, args.out, seed=args.seed, overwrite=args.overwrite)
+    elif args.kind == "textures":
+        from anomaly_ae.data.textures import make_textures
+
+        counts = make_textures(args.out, seed=args.seed, overwrite=args.overwrite, texture=args.texture)
     else:
         counts = make_dataset(args.out, scale=args.scale, seed=args.seed, overwrite=args.overwrite)
     say(f"wrote {args.out}: {counts} in {time.perf_counter() - tick:.1f}s")
@@ -181,6 +185,31 @@ def cmd_benchmark_objectives(args) -> int:
     return 0
 
 
+def cmd_benchmark_families(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.families import SYNTHETIC_FAMILIES, epoch_costs, family_table, table_lines
+    from sweeps.runs import find_parent_run, load_sweep_data
+
+    client = MlflowClient(args.tracking_uri)
+    table = family_table(client, args.experiment, args.data)
+    costs = None
+    if not args.no_costs:
+        _, splits = load_sweep_data(find_parent_run(client, args.experiment), args.data)
+        costs = epoch_costs(torch_tensor(splits.train), ["conv_ae", *SYNTHETIC_FAMILIES])
+    say("\n".join(table_lines(table, costs, args.experiment)))
+    if args.out is not None:
+        table.to_csv(args.out, index=False)
+    return 0
+
+
+def torch_tensor(array):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
 def cmd_simulate_review(args) -> int:
     from benchmarks.review import simulate_review
 
@@ -245,6 +274,7 @@ COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd
             "benchmark-search": cmd_benchmark_search, "benchmark": cmd_benchmark, "benchmark-knn": cmd_benchmark_knn,
             "server": cmd_server, "benchmark-tracking": cmd_benchmark_tracking, "calibrate": cmd_calibrate,
             "fidelity": cmd_fidelity, "benchmark-objectives": cmd_benchmark_objectives,
+            "benchmark-families": cmd_benchmark_families,
             "simulate-review": cmd_simulate_review}
 
 

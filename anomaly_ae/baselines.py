@@ -69,7 +69,15 @@ PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height":
 KNN_REFERENCE = {"variant": "knn", "knn.k": 5, "knn.pool": 2, "knn.pca_dim": 0, "knn.metric": "l2",
                  "image_height": 32, "image_width": 48, "normalisation": "none", "score": "knn_mean",
                  "threshold_policy": "tnr_target"}
-START_POINTS = {"start:pca16": PCA_REFERENCE, "start:knn5": KNN_REFERENCE}
+# The two families that learn from synthetic anomalies (anomaly_ae.synthetic_anomalies), at their
+# defaults: each crop standardised by itself (a light change moves nothing) and soft-edged masks. A
+# sweep tries them whatever TPE draws first, since they start slower than the pixel families.
+SYNTHETIC_START = {"image_height": 32, "image_width": 48, "normalisation": "per_crop", "batch_size": 32,
+                   "lr": 1e-3, "threshold_policy": "tnr_target"}
+DRAEM_START = {**SYNTHETIC_START, "variant": "draem", "score": "map_max", "map_max.sigma": 1.0}
+CUTPASTE_START = {**SYNTHETIC_START, "variant": "cutpaste", "score": "mahalanobis"}
+START_POINTS = {"start:pca16": PCA_REFERENCE, "start:knn5": KNN_REFERENCE, "start:draem": DRAEM_START,
+                "start:cutpaste": CUTPASTE_START}
 
 
 def baseline_configs(perceptual_available: bool) -> dict[str, dict]:

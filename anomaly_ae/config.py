@@ -13,6 +13,7 @@ from anomaly_ae.losses import LOSS_TYPES, PERCEPTUAL_WEIGHT_FILES
 from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
 from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
+from anomaly_ae.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
 from anomaly_ae.thresholds import THRESHOLD_POLICIES
 
 NORMALISATIONS = ("none", "dataset", "minus_one_one", "per_crop")
@@ -90,6 +91,14 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "contrast_jitter": (0.0, _float(0.0, 0.5)),
     "colour_jitter": (0.0, _float(0.0, 0.2)),
     "corruption_prob": (0.0, _float(0.0, 1.0)),
+    # synthetic anomalies, for the variants that learn from them (anomaly_ae.synthetic_anomalies)
+    "synthetic_mask": ("perlin", _choice(*SYNTHETIC_MASKS)),
+    "synthetic_fill": ("mixed", _choice(*SYNTHETIC_FILLS)),
+    "synthetic_area_min": (0.02, _float(0.0, 1.0, lo_open=True)),
+    "synthetic_area_max": (0.15, _float(0.0, 1.0, lo_open=True)),
+    "synthetic_opacity_min": (0.5, _float(0.0, 1.0)),
+    "synthetic_edge_sigma": (1.0, _float(0.0, 5.0)),
+    "synthetic_share": (0.5, _float(0.0, 1.0)),
     # loss
     "loss": ("mse", _choice(*LOSS_TYPES)),
     "loss_ssim_weight": (0.5, _float(0.0, 1.0)),
@@ -129,6 +138,8 @@ SCORE_PARAM_RANGES = {
     "topk.fraction": _float(0.0, 1.0, lo_open=True),
     "smooth_max.sigma": _float(0.1, 10.0),
     "centred_max.sigma": _float(0.1, 10.0),
+    "map_max.sigma": _float(0.1, 10.0),
+    "map_topk.fraction": _float(0.0, 1.0, lo_open=True),
 }
 
 
@@ -183,6 +194,15 @@ def validate_config(raw: dict) -> dict:
             f"normalisation: {cfg['normalisation']!r} does not fit the {activation} output of {variant!r}; "
             f"use one of {sorted(ACTIVATIONS_ALLOWED[activation])}"
         )
+    if cfg["synthetic_area_min"] > cfg["synthetic_area_max"]:
+        raise ConfigError(f"synthetic_area_min: {cfg['synthetic_area_min']} is above synthetic_area_max: "
+                          f"{cfg['synthetic_area_max']}")
+    if spec.training != "reconstruction" and cfg["corruption_prob"]:
+        raise ConfigError(f"corruption_prob: {variant!r} learns from its own synthetic anomalies "
+                          f"(synthetic_* keys); set corruption_prob to 0")
+    if not spec.residual_scores and cfg["score"] not in spec.extra_scores:
+        raise ConfigError(f"score: {variant!r} reconstructs nothing, so {cfg['score']!r} does not apply; "
+                          f"use one of {list(spec.extra_scores)}")
     if cfg["score"] == "elbo" and not spec.variational:
         raise ConfigError(f"score: 'elbo' needs a variational variant, and {variant!r} is not one")
     # A score only some variants' forward passes give (ModelSpec.extra_scores) needs one of them.

@@ -96,6 +96,14 @@ def reconstruction_loss(
     raise ValueError(f"unknown loss {loss!r}; valid: {list(LOSS_TYPES)}")
 
 
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Mean binary focal loss (Lin et al. 2017): most pixels are easy normals, so they are down-weighted."""
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = torch.sigmoid(logits)
+    p_true = p * target + (1 - p) * (1 - target)
+    return (ce * (1 - p_true) ** gamma).mean()
+
+
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor, n_pixels: int) -> torch.Tensor:
     """Batch-mean KL, divided by the pixel count so beta is comparable to a per-pixel loss."""
     return kl_divergence(mu, logvar).mean() / n_pixels

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 SCORE_TYPES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual",
-               "knn_mean", "knn_kth", "latent_knn", "latent_hybrid")
+               "knn_mean", "knn_kth", "latent_knn", "latent_hybrid", "map_max", "map_topk", "mahalanobis")
 # Scores that need nothing beyond x and its reconstruction.
 RESIDUAL_SCORES = ("mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max")
 
@@ -23,6 +23,8 @@ DEFAULT_SCORE_PARAMS = {
     "topk": {"fraction": 0.05},
     "smooth_max": {"sigma": 1.0},
     "centred_max": {"sigma": 1.0},
+    "map_max": {"sigma": 1.0},
+    "map_topk": {"fraction": 0.05},
 }
 
 
@@ -130,6 +132,31 @@ def _distances(distances, name):
     return distances
 
 
+def anomaly_map(anomaly_logits, name: str) -> torch.Tensor:
+    if anomaly_logits is None:
+        raise ValueError(f"the {name!r} score needs a discriminative head's anomaly map (the draem variant)")
+    return torch.sigmoid(anomaly_logits.float())
+
+
+def map_max_score(x, recon, anomaly_logits=None, sigma: float = 1.0, **_):
+    """Max of the Gaussian-smoothed anomaly map: one confident pixel is not a defect, a patch is."""
+    return gaussian_blur(anomaly_map(anomaly_logits, "map_max"), sigma).flatten(1).amax(1)
+
+
+def map_topk_score(x, recon, anomaly_logits=None, fraction: float = 0.05, **_):
+    """Mean of the largest ``fraction`` of the anomaly map's pixels."""
+    values = anomaly_map(anomaly_logits, "map_topk").flatten(1)
+    k = max(1, int(round(fraction * values.shape[1])))
+    return values.topk(k, dim=1).values.mean(1)
+
+
+def mahalanobis_score(x, recon, mahalanobis=None, **_):
+    """Mahalanobis distance of the crop's features to the train crops' Gaussian."""
+    if mahalanobis is None:
+        raise ValueError("the 'mahalanobis' score needs a fitted feature density (the cutpaste variant)")
+    return mahalanobis
+
+
 SCORE_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mse": mse_score,
     "l1": l1_score,
@@ -141,6 +168,9 @@ SCORE_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "elbo": elbo_score,
     "knn_mean": knn_mean_score,
     "knn_kth": knn_kth_score,
+    "map_max": map_max_score,
+    "map_topk": map_topk_score,
+    "mahalanobis": mahalanobis_score,
 }
 
 
@@ -154,6 +184,8 @@ def compute_scores(
     perceptual=None,
     data_range: float = 1.0,
     distances: torch.Tensor | None = None,
+    anomaly_logits: torch.Tensor | None = None,
+    mahalanobis: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every requested score for one batch. ``score_params`` overrides the defaults by score name."""
     score_params = score_params or {}
@@ -168,5 +200,6 @@ def compute_scores(
             raise ValueError(f"unknown score {name!r}; valid: {list(SCORE_TYPES)}")
         params = {**DEFAULT_SCORE_PARAMS.get(name, {}), **score_params.get(name, {})}
         out[name] = SCORE_FUNCTIONS[name](x, recon, mu=mu, logvar=logvar, data_range=data_range,
-                                          distances=distances, **params)
+                                          distances=distances, anomaly_logits=anomaly_logits,
+                                          mahalanobis=mahalanobis, **params)
     return out

@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from anomaly_ae.augmentation import Preprocess, augment, corrupt_with_spills
 from anomaly_ae.config import model_params
 from anomaly_ae.latent_bank import LatentBank, bank_indices, fit_bank
-from anomaly_ae.losses import PerceptualDistance, kl_loss, reconstruction_loss
+from anomaly_ae.losses import PerceptualDistance, focal_loss, kl_loss, reconstruction_loss
 from anomaly_ae.models import build_model, model_spec
 from anomaly_ae.models.vae import kl_beta_of
 from anomaly_ae.models.registry import LATENT_SCORES
 from anomaly_ae.scores import mse_score
+from anomaly_ae.synthetic_anomalies import AnomalyRecipe, synthesize
 
 
 class DivergedError(RuntimeError):
@@ -122,6 +123,31 @@ def step_loss(state: TrialState, cfg: dict, clean: torch.Tensor, corrupted: torc
     return loss.float() + out.aux_loss
 
 
+def synthetic_step_loss(state: TrialState, cfg: dict, clean: torch.Tensor) -> torch.Tensor:
+    """The loss of a variant that learns from synthetic anomalies pasted into ``clean`` on the device.
+
+    ``synthetic_map``: the reconstruction of the clean crop from the pasted one, plus the focal loss of
+    the anomaly map against the pasted mask (DRAEM). ``synthetic_class``: cross-entropy over normal,
+    the recipe's anomaly and a scar, each of the same crops (CutPaste, 3-way).
+    """
+    pre, gen, recipe = state.preprocess, state.generator, AnomalyRecipe.of(cfg)
+    if model_spec(cfg["variant"]).training == "synthetic_class":
+        anomalous, _ = synthesize(clean, recipe, gen, share=1.0)
+        scarred, _ = synthesize(clean, recipe, gen, share=1.0, shape="scar", fill="colour")
+        batch = torch.cat([clean, anomalous, scarred])
+        labels = torch.arange(3, device=clean.device).repeat_interleave(len(clean))
+        with autocast(state, cfg):
+            logits = state.model(model_input(state, cfg, batch)).class_logits
+        return F.cross_entropy(logits.float(), labels)
+    pasted, mask = synthesize(clean, recipe, gen)
+    with autocast(state, cfg):
+        out = state.model(model_input(state, cfg, pasted))
+        recon = pre.denormalise(out.recon.float(), pasted)
+        loss = reconstruction_loss(clean, recon, cfg["loss"], cfg["loss_ssim_weight"], cfg["loss_perceptual_weight"],
+                                   state.perceptual)
+    return loss.float() + focal_loss(out.anomaly_logits.float(), mask)
+
+
 def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> float:
     """One epoch (a full pass, ``steps_per_epoch`` batches or ``samples_per_epoch`` crops); returns
     the mean loss. Raises DivergedError."""
@@ -139,11 +165,15 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
     # The running loss stays on the device; the host looks at it every DIVERGENCE_CHECK_STEPS steps
     # and at the end, never per step (a per-step .item() is a device sync).
     total = torch.zeros((), device=state.device)
+    synthetic = model_spec(cfg["variant"]).training != "reconstruction"
     for step in range(steps):
         idx = order[step * bs:(step + 1) * bs]
         clean = augment(state.preprocess.to_unit(train_u8[idx]), cfg, gen)
-        noisy = corrupt_with_spills(clean, cfg["corruption_prob"], gen) if cfg["corruption_prob"] else clean
-        loss = step_loss(state, cfg, clean, noisy)
+        if synthetic:
+            loss = synthetic_step_loss(state, cfg, clean)
+        else:
+            noisy = corrupt_with_spills(clean, cfg["corruption_prob"], gen) if cfg["corruption_prob"] else clean
+            loss = step_loss(state, cfg, clean, noisy)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -153,7 +183,20 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
                 raise DivergedError(f"loss became {total.item()} by epoch {state.epoch + 1}, step {step + 1}")
     state.epoch += 1
     refresh_latent_bank(state, cfg, train_u8)
+    refresh_density(state, cfg, train_u8)
     return total.item() / max(steps, 1)
+
+
+@torch.inference_mode()
+def refresh_density(state: TrialState, cfg: dict, train_u8: torch.Tensor, batch_size: int = 512) -> None:
+    """Fit a classifier variant's feature Gaussian on the bank's train crops (the model as it is now)."""
+    if model_spec(cfg["variant"]).training != "synthetic_class":
+        return
+    state.model.eval()
+    bank_idx, _ = bank_indices(len(train_u8), cfg["seed"])
+    features = [state.model(model_input(state, cfg, state.preprocess.to_unit(
+        train_u8[chunk.to(train_u8.device)].to(state.device)))).latent.float() for chunk in bank_idx.split(batch_size)]
+    state.model.fit_density(torch.cat(features))
 
 
 @torch.inference_mode()

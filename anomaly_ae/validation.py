@@ -22,7 +22,7 @@ from anomaly_ae.training import TrialState, build_trial, model_input, needs_perc
 def score_types_for(cfg: dict) -> list[str]:
     """Every score derivable from this trial's forward pass (and its latent bank)."""
     spec = model_spec(cfg["variant"])
-    types = list(RESIDUAL_SCORES) + list(spec.extra_scores)
+    types = (list(RESIDUAL_SCORES) if spec.residual_scores else []) + list(spec.extra_scores)
     if spec.variational:
         types.append("elbo")
     if needs_perceptual(cfg):
@@ -47,7 +47,8 @@ def score_images(state: TrialState, cfg: dict, images_u8: torch.Tensor, batch_si
         out = state.model(model_input(state, cfg, x))  # scored in fp32 whatever the training precision
         recon = pre.denormalise(out.recon, x).clamp(0, 1)
         scores = compute_scores(x, recon, direct, sparams, out.mu, out.logvar, state.perceptual,
-                                distances=out.distances)
+                                distances=out.distances, anomaly_logits=out.anomaly_logits,
+                                mahalanobis=out.mahalanobis)
         if bank is not None:
             tick = time.perf_counter()
             scores.update(bank.scores(out.latent, scores["mse"]))

@@ -15,6 +15,7 @@ from functools import partial
 from anomaly_ae.baselines import baseline_configs, startup_configs
 from anomaly_ae.models import model_spec
 from anomaly_ae.models.registry import LATENT_SCORES
+from anomaly_ae.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
 
 # (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
 VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
@@ -43,6 +44,9 @@ VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
     # 64x64 would be 245 MB in every checkpoint), optionally projected on pca_dim principal directions.
     "knn": {"k": ("cat", [1, 3, 5, 10, 20]), "pool": ("cat", [2, 4]), "pca_dim": ("cat", [0, 16, 32, 64, 128]),
             "metric": ("cat", ["l2", "cosine"])},
+    "draem": {"backbone": ("cat", ["conv_ae", "unet_ae"]), "base_width": ("cat", [16, 32]), "depth": ("int", 2, 3),
+              "latent_channels": ("cat", [8, 16, 32, 64]), "disc_width": ("cat", [8, 16, 32]), "disc_depth": ("int", 1, 3)},
+    "cutpaste": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "head_width": ("cat", [64, 128, 256])},
 }
 
 # Variants whose output activation is fixed to sigmoid: inputs must stay in [0, 1].
@@ -97,9 +101,24 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     trial.suggest_float("brightness_jitter", 0.0, 0.15)
     trial.suggest_float("contrast_jitter", 0.0, 0.15)
     trial.suggest_float("colour_jitter", 0.0, 0.05)
-    if not model_spec(variant).closed_form:
+    spec = model_spec(variant)
+    if spec.training != "reconstruction":
+        synthetic_anomalies(trial)
+    elif not spec.closed_form:
         trial.suggest_float("corruption_prob", 0.0, 0.5)
     return constants
+
+
+def synthetic_anomalies(trial) -> None:
+    """The recipe of the anomalies a synthetic-trained variant learns from: mask, fill, size, opacity."""
+    trial.suggest_categorical("synthetic_mask", list(SYNTHETIC_MASKS))
+    trial.suggest_categorical("synthetic_fill", list(SYNTHETIC_FILLS))
+    # The two ranges meet at 0.05, so min <= max in every trial.
+    trial.suggest_float("synthetic_area_min", 0.005, 0.05, log=True)
+    trial.suggest_float("synthetic_area_max", 0.05, 0.3, log=True)
+    trial.suggest_float("synthetic_opacity_min", 0.2, 1.0)
+    trial.suggest_float("synthetic_edge_sigma", 0.0, 2.0)
+    trial.suggest_float("synthetic_share", 0.3, 0.7)
 
 
 RESIDUAL_SCORE_CHOICES = ["mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max"]
@@ -108,7 +127,10 @@ COMMON_SCORE_CHOICES = RESIDUAL_SCORE_CHOICES + list(LATENT_SCORES)
 
 
 def score_choices(variant: str, perceptual: bool) -> list[str]:
-    return (RESIDUAL_SCORE_CHOICES + list(model_spec(variant).extra_scores)
+    spec = model_spec(variant)
+    if not spec.residual_scores:
+        return list(spec.extra_scores)
+    return (RESIDUAL_SCORE_CHOICES + list(spec.extra_scores)
             + (["elbo"] if variant in VARIATIONAL else []) + (["perceptual"] if perceptual else []))
 
 
@@ -117,7 +139,8 @@ def score_key(variant: str, perceptual: bool) -> str:
     choices = score_choices(variant, perceptual)
     if choices == COMMON_SCORE_CHOICES:
         return "score"
-    return f"score[{'+'.join(c for c in choices if c not in RESIDUAL_SCORE_CHOICES)}]"
+    extra = "+".join(c for c in choices if c not in RESIDUAL_SCORE_CHOICES)
+    return f"score[{extra}]" if model_spec(variant).residual_scores else f"score[only:{extra}]"
 
 
 def loss_key(perceptual: bool) -> str:
@@ -132,8 +155,10 @@ def score(trial, variant: str, perceptual: bool = False) -> str:
         trial.suggest_float("hybrid.beta", 0.1, 10.0, log=True)
     elif chosen == "topk":
         trial.suggest_float("topk.fraction", 0.005, 0.2, log=True)
-    elif chosen in ("smooth_max", "centred_max"):
+    elif chosen in ("smooth_max", "centred_max", "map_max"):
         trial.suggest_float(f"{chosen}.sigma", 0.5, 3.0)
+    elif chosen == "map_topk":
+        trial.suggest_float("map_topk.fraction", 0.005, 0.2, log=True)
     return chosen
 
 
@@ -161,7 +186,7 @@ def full_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoc
     A closed-form variant (PCA) has no loss or optimiser to choose."""
     variant = architecture(trial)
     constants = augmentation(trial, variant)
-    if not model_spec(variant).closed_form:
+    if not model_spec(variant).closed_form and model_spec(variant).training != "synthetic_class":
         loss(trial, perceptual)
     score(trial, variant, perceptual)
     if not model_spec(variant).closed_form:
@@ -253,10 +278,16 @@ def baseline_point(cfg: dict, perceptual: bool = False) -> dict:
     return point
 
 
+def startup_order(name: str) -> tuple[int, str]:
+    """The reference start points first (they take seconds), then the seed baselines, then the start
+    points of the synthetic-anomaly families (the slowest)."""
+    return ({"start:knn5": 0, "start:pca16": 0}.get(name, 1 if name.startswith("seed") else 2), name)
+
+
 def baseline_points(perceptual: bool = False) -> list[dict]:
-    """The enqueued startup points: the PCA start first (it takes seconds), then the seed baselines."""
+    """The enqueued startup points, in ``startup_order``."""
     return [baseline_point(cfg, perceptual) for _, cfg in sorted(startup_configs(perceptual).items(),
-                                                                 key=lambda kv: (kv[0].startswith("seed"), kv[0]))]
+                                                                 key=lambda kv: startup_order(kv[0]))]
 
 
 def replay_distributions(space, params: dict) -> dict | None:

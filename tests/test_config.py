@@ -64,8 +64,9 @@ def test_baselines_enqueue_exactly():
     for point in baseline_points():
         study.enqueue_trial(point)
     fn = get_space("quick")
-    # The reference start points first (they take seconds), then the seed baselines.
-    names = ["start:knn5", "start:pca16", *sorted(baseline_configs(False))]
+    # The reference start points first (they take seconds), then the seed baselines, then the slow
+    # synthetic-anomaly families' start points.
+    names = ["start:knn5", "start:pca16", *sorted(baseline_configs(False)), "start:cutpaste", "start:draem"]
     stated = {**SEED_BASELINES, **START_POINTS}
     for name in names:
         trial = study.ask()

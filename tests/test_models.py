@@ -4,7 +4,7 @@ import torch
 
 from anomaly_ae.config import validate_config
 from anomaly_ae.models import build_model, list_models, model_spec, register_model
-from anomaly_ae.training import build_trial, step_loss, train_one_epoch
+from anomaly_ae.training import build_trial, step_loss, synthetic_step_loss, train_one_epoch
 
 
 def test_registry_lists_every_seed_family():
@@ -42,7 +42,16 @@ def test_variant_output_shape(variant, size, channels):
     assert out.recon.shape == (2, channels, *size)
     assert (out.mu is not None) == model_spec(variant).variational
     # Every variant that offers the latent-distance scores gives a latent per crop.
-    assert (out.latent is not None and out.latent.shape[0] == 2) == ("latent_knn" in model_spec(variant).extra_scores)
+    if "latent_knn" in model_spec(variant).extra_scores:
+        assert out.latent is not None and out.latent.shape[0] == 2
+    # What each training kind reads from the forward pass.
+    training = model_spec(variant).training
+    assert (out.anomaly_logits is not None) == (training == "synthetic_map")
+    if training == "synthetic_map":
+        assert out.anomaly_logits.shape == (2, 1, *size)
+    assert (out.class_logits is not None) == (training == "synthetic_class")
+    if training == "synthetic_class":
+        assert out.class_logits.shape[0] == 2 and out.mahalanobis.shape == (2,)
 
 
 @pytest.mark.parametrize("variant", list_models())
@@ -52,6 +61,8 @@ def test_variant_trains_loss_finite_and_decreasing(variant, tiny_splits):
            "normalisation": "none" if model_spec(variant).fixed_output == "sigmoid" else "minus_one_one"}
     if model_spec(variant).variational:
         raw[f"{variant}.kl_beta"] = 0.01
+    if not model_spec(variant).residual_scores:
+        raw["score"] = model_spec(variant).extra_scores[0]
     # Narrow nets keep this fast; capacity is not what is under test.
     for param, small in (("base_width", 8), ("hidden_dim", 64)):
         if param in model_spec(variant).params:
@@ -69,8 +80,9 @@ def test_variant_trains_loss_finite_and_decreasing(variant, tiny_splits):
         return
     losses = []
     state.model.train()
+    synthetic = model_spec(variant).training != "reconstruction"
     for _ in range(20):
-        loss = step_loss(state, cfg, x, x)
+        loss = synthetic_step_loss(state, cfg, x) if synthetic else step_loss(state, cfg, x, x)
         state.optimizer.zero_grad()
         loss.backward()
         state.optimizer.step()

@@ -40,7 +40,7 @@ def _sklearn():
     return datasets
 
 
-def _write(out, overwrite, train, proliv, test, test_labels, site, rng) -> dict:
+def write_dataset(out, overwrite, train, proliv, test, test_labels, site, rng) -> dict:
     order = rng.permutation(len(test))
     with dataset_folder(out, overwrite) as tmp:
         for folder, crops in (("train", train), ("proliv", proliv)):
@@ -72,7 +72,7 @@ def make_digits_shifted(out, seed: int = 0, overwrite: bool = False) -> dict:
     n = len(normal)
     crops = lambda idx, shifted: [shift_crop(_resize(images[i]), rng) if shifted else _resize(images[i]) for i in idx]
     test_idx = np.r_[normal[n // 2: 3 * n // 4], spill[60:80]]
-    return _write(out, overwrite, crops(normal[: n // 2], False), crops(spill[:60], False), crops(test_idx, True),
+    return write_dataset(out, overwrite, crops(normal[: n // 2], False), crops(spill[:60], False), crops(test_idx, True),
                   np.r_[np.zeros(3 * n // 4 - n // 2, int), np.ones(20, int)],
                   crops(rng.permutation(np.r_[normal[3 * n // 4:], spill[80:92]]), True), rng)
 
@@ -109,7 +109,7 @@ def make_photos_shifted(out, seed: int = 0, overwrite: bool = False) -> dict:
 
     test = [shift_crop(c, rng) for c in normals(600, right) + spills(30, right)]
     site = [shift_crop(c, rng) for c in normals(580, right) + spills(20, right)]
-    return _write(out, overwrite, normals(2000, left), spills(60, left), test, np.r_[np.zeros(600, int), np.ones(30, int)],
+    return write_dataset(out, overwrite, normals(2000, left), spills(60, left), test, np.r_[np.zeros(600, int), np.ones(30, int)],
                   [site[i] for i in rng.permutation(len(site))], rng)
 
 

@@ -20,6 +20,12 @@ class Reconstruction(NamedTuple):
     latent: torch.Tensor | None = None
     # A distance detector's k nearest bank distances per crop, ascending (B, k).
     distances: torch.Tensor | None = None
+    # A discriminative head's per-pixel anomaly logits (B, 1, H, W): the synthetic_map training.
+    anomaly_logits: torch.Tensor | None = None
+    # A classifier's logits over normal and its synthetic anomaly kinds (B, K): the synthetic_class training.
+    class_logits: torch.Tensor | None = None
+    # Mahalanobis distance of the crop's features to the train crops' (B,), once fitted.
+    mahalanobis: torch.Tensor | None = None
 
 
 class ModelSpec(NamedTuple):
@@ -33,28 +39,36 @@ class ModelSpec(NamedTuple):
     # Scores its forward pass adds to the residual ones, e.g. ("knn_mean", "knn_kth") from distances.
     extra_scores: tuple[str, ...] = ()
     choices: dict | None = None  # allowed values of string parameters
+    # How it learns: "reconstruction" (of clean crops), "synthetic_map" (reconstruct and segment pasted
+    # synthetic anomalies), "synthetic_class" (tell crops from their synthetic anomalies).
+    training: str = "reconstruction"
+    residual_scores: bool = True  # whether the residual scores (mse, ssim, ...) mean anything for it
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 # Scores from the distance of a crop's latent to the train latents (anomaly_ae.latent_bank).
 LATENT_SCORES = ("latent_knn", "latent_hybrid")
 _SHAPE_ARGS = ("in_channels", "height", "width")
+TRAININGS = ("reconstruction", "synthetic_map", "synthetic_class")
 
 
 def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None,
                    closed_form: bool = False, extra_scores: tuple[str, ...] = LATENT_SCORES,
-                   choices: dict | None = None):
+                   choices: dict | None = None, training: str = "reconstruction", residual_scores: bool = True):
     """Decorator: add a builder ``fn(in_channels, height, width, **params) -> nn.Module``.
 
     A builder without an ``out_activation`` parameter declares its fixed one in
     ``fixed_output``, so configs can be checked against the normalisation. ``extra_scores`` are the
     scores beyond the residual ones: by default the latent-distance pair, which needs ``latent`` in
-    the forward's output. ``choices`` names the allowed values of string parameters.
+    the forward's output. ``choices`` names the allowed values of string parameters. ``training`` is
+    one of TRAININGS; a variant that reconstructs nothing sets ``residual_scores=False``.
     """
 
     def decorator(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
+        if training not in TRAININGS:
+            raise ValueError(f"model {name!r}: training {training!r} is not one of {list(TRAININGS)}")
         signature = inspect.signature(fn)
         missing = [a for a in _SHAPE_ARGS if a not in signature.parameters]
         if missing:
@@ -70,7 +84,7 @@ def register_model(name: str, *, seed: str = "beyond", variational: bool = False
             if params.get(param) not in allowed:
                 raise TypeError(f"builder for {name!r}: default of {param!r} is not among its choices {allowed}")
         _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output, closed_form,
-                                    tuple(extra_scores), dict(choices or {}))
+                                    tuple(extra_scores), dict(choices or {}), training, residual_scores)
         return fn
 
     return decorator

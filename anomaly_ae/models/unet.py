@@ -17,7 +17,8 @@ def double_conv(cin: int, cout: int, dropout: float) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    def __init__(self, in_channels: int, base_width: int, depth: int, skips: bool, dropout: float, out_activation: str):
+    def __init__(self, in_channels: int, base_width: int, depth: int, skips: bool, dropout: float, out_activation: str,
+                 out_channels: int | None = None):
         super().__init__()
         ws = widths(base_width, depth + 1)
         self.skips = skips
@@ -27,7 +28,7 @@ class UNet(nn.Module):
         self.dec = nn.ModuleList(
             double_conv(ws[i] * (2 if skips else 1), ws[i], 0.0) for i in reversed(range(depth))
         )
-        self.head = nn.Sequential(nn.Conv2d(ws[0], in_channels, 1), output_activation(out_activation))
+        self.head = nn.Sequential(nn.Conv2d(ws[0], out_channels or in_channels, 1), output_activation(out_activation))
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x):

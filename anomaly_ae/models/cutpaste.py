@@ -1,0 +1,67 @@
+"""Self-supervised classifier in the manner of CutPaste (Li et al., CVPR 2021), 3-way, from scratch.
+
+A small CNN learns to tell normal crops from two kinds of synthetic anomaly made of the crops
+themselves (``anomaly_ae.synthetic_anomalies``: the trial's recipe, by default a displaced copy of the
+crop under a Perlin mask, and a thin coloured scar). The classifier is only the means: after each epoch
+a Gaussian is fitted in closed form to the features of train crops (Ledoit-Wolf shrinkage), and a crop
+scores by the Mahalanobis distance of its features to it (``mahalanobis``). Mean and precision are
+buffers, so they ship in the checkpoint. It reconstructs nothing: the residual scores do not apply.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from anomaly_ae.models.blocks import conv_block, widths
+from anomaly_ae.models.registry import Reconstruction, register_model
+
+CLASSES = 3  # normal, the recipe's anomaly, a scar
+
+
+def ledoit_wolf(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and Ledoit-Wolf shrunk covariance of rows (n, d), as scikit-learn's LedoitWolf; no host sync."""
+    n, d = features.shape
+    mean = features.mean(0)
+    x = features - mean
+    cov = x.T @ x / n
+    mu = cov.diagonal().sum() / d
+    x2 = x * x
+    beta_ = (x2.T @ x2).sum() / n
+    delta_ = (cov * cov).sum()
+    beta = (beta_ - delta_) / (d * n)
+    delta = (delta_ - 2 * mu * cov.diagonal().sum() + d * mu * mu) / d
+    beta = torch.minimum(beta, delta)
+    shrinkage = torch.where(delta > 0, beta / delta.clamp_min(1e-30), torch.zeros_like(delta))
+    return mean, (1 - shrinkage) * cov + shrinkage * mu * torch.eye(d, device=features.device, dtype=features.dtype)
+
+
+class CutPasteClassifier(nn.Module):
+    def __init__(self, in_channels: int, base_width: int, depth: int, head_width: int):
+        super().__init__()
+        ws = widths(base_width, depth)
+        self.encoder = nn.Sequential(
+            *[nn.Sequential(conv_block(cin, cout, 1, batch_norm=True), conv_block(cout, cout, 2, batch_norm=True))
+              for cin, cout in zip([in_channels] + ws[:-1], ws)],
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(ws[-1], head_width), nn.BatchNorm1d(head_width), nn.ReLU(inplace=True),
+                                  nn.Linear(head_width, CLASSES))
+        self.register_buffer("feature_mean", torch.zeros(ws[-1]))
+        self.register_buffer("precision", torch.zeros(ws[-1], ws[-1]))
+
+    @torch.no_grad()
+    def fit_density(self, features: torch.Tensor) -> None:
+        mean, cov = ledoit_wolf(features.double())
+        self.feature_mean.copy_(mean.to(self.feature_mean.dtype))
+        self.precision.copy_(torch.linalg.pinv(cov, hermitian=True).to(self.precision.dtype))
+
+    def forward(self, x: torch.Tensor) -> Reconstruction:
+        features = self.encoder(x)
+        centred = features.float() - self.feature_mean
+        distance = ((centred @ self.precision) * centred).sum(1).clamp_min(0).sqrt()
+        return Reconstruction(x, latent=features, class_logits=self.head(features), mahalanobis=distance)
+
+
+@register_model("cutpaste", fixed_output="identity", extra_scores=("mahalanobis",), training="synthetic_class",
+                residual_scores=False)
+def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128):
+    return CutPasteClassifier(in_channels, base_width, depth, head_width)
