@@ -40,9 +40,10 @@ def cmd_list_models(args) -> int:
 
     for name in list_models():
         spec = model_spec(name)
-        kind = "VAE" if spec.variational else "closed-form" if spec.closed_form else "AE"
+        kind = ("VAE" if spec.variational else "closed-form" if spec.closed_form else "AE" if spec.training == "reconstruction"
+                else spec.training)
         params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
-        say(f"{name:<22} seed {spec.seed:<9} {kind:<11} {params}")
+        say(f"{name:<22} seed {spec.seed:<9} {kind:<15} {params}")
     return 0
 
 

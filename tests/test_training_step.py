@@ -20,7 +20,8 @@ def train_u8(n=96):
 
 
 def config(**kw):
-    return validate_config({"variant": "conv_ae", "conv_ae.base_width": 8, "batch_size": 8, "steps_per_epoch": 10,
+    narrow = {} if "variant" in kw else {"conv_ae.base_width": 8}
+    return validate_config({"variant": "conv_ae", **narrow, "batch_size": 8, "steps_per_epoch": 10,
                             "hflip": True, "shift_px": 2.0, "brightness_jitter": 0.1, "corruption_prob": 0.5,
                             "blur_sigma": 1.0, "normalisation": "per_crop", "seed": 3, **kw})
 
@@ -30,7 +31,13 @@ def test_the_generator_lives_on_the_trial_device():
     assert state.generator.device == state.device
 
 
-def test_the_step_loop_never_syncs_the_host_per_step(monkeypatch):
+SYNTHETIC = {"corruption_prob": 0.0, "synthetic_fill": "mixed", "synthetic_mask": "perlin"}
+
+
+@pytest.mark.parametrize("options", [{}, {"variant": "draem", "draem.base_width": 8, "draem.disc_width": 8, **SYNTHETIC},
+                                     {"variant": "cutpaste", "cutpaste.base_width": 8, "score": "mahalanobis",
+                                      **SYNTHETIC}], ids=["conv_ae", "draem", "cutpaste"])
+def test_the_step_loop_never_syncs_the_host_per_step(monkeypatch, options):
     """Counts the host reads of a tensor (.item(), truth tests) made by the project's own code;
     the optimizer's own reads of its CPU step counters are not device syncs."""
     calls = {"item": 0, "bool": 0, "float": 0}
@@ -51,14 +58,14 @@ def test_the_step_loop_never_syncs_the_host_per_step(monkeypatch):
         calls["float"] += ours()
         return real_float(self)
 
-    cfg, data = config(), train_u8()
+    cfg, data = config(**options), train_u8()
     state = build_trial(cfg, data)
     monkeypatch.setattr(torch.Tensor, "item", item)
     monkeypatch.setattr(torch.Tensor, "__bool__", as_bool)
     monkeypatch.setattr(torch.Tensor, "__float__", as_float)
     loss = train_one_epoch(state, cfg, data)
-    # 10 steps (with blur and per-crop standardisation): one divergence check and one read of the mean
-    # loss, at the epoch's end.
+    # 10 steps (with blur and per-crop standardisation; synthetic anomalies pasted, the feature density
+    # fitted): one divergence check and one read of the mean loss, at the epoch's end.
     assert calls == {"item": 1, "bool": 1, "float": 0} and math.isfinite(loss)
 
 
