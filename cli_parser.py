@@ -43,6 +43,14 @@ def add_store_args(p: argparse.ArgumentParser, experiment_required: bool = True)
         p.add_argument("--parent", default=None, help="a sweep's parent run id (default: the latest sweep)")
 
 
+def finished_sweep_options(parser: argparse.ArgumentParser) -> None:
+    """What a benchmark over a finished sweep takes: which sweep, where, and where to write its table."""
+    parser.add_argument("--experiment", required=True, help="the sweep's MLflow experiment")
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
+    parser.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -154,21 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             "pool's calibration part, its test TPR and TNR. Run it on a sweep with "
                                             "--sampler random --scheduler fifo, so the candidates do not depend on "
                                             "the objective.")
-    objectives.add_argument("--experiment", required=True, help="the sweep's MLflow experiment")
-    objectives.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
-    objectives.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
-    objectives.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
+    finished_sweep_options(objectives)
     families = sub.add_parser("benchmark-families", help="each detector family's best trial, tested; epoch costs",
                               description="For a finished sweep: the best trial (by the sweep's validation ranking) "
                                           "of each synthetic-anomaly family (draem, cutpaste) and of the pixel "
                                           "families together, shipped as promote ships it, tested once: test AUROC "
                                           "and TPR/TNR at the shipped threshold; then seconds per epoch of each "
                                           "family against conv_ae, interleaved, with parameters and GPU memory.")
-    families.add_argument("--experiment", required=True, help="the sweep's MLflow experiment")
-    families.add_argument("--tracking-uri", default=DEFAULT_TRACKING, help="MLflow tracking URI")
-    families.add_argument("--data", type=Path, default=None, help="the sweep's dataset (default: where it ran)")
+    finished_sweep_options(families)
     families.add_argument("--no-costs", action="store_true", help="skip the epoch timings")
-    families.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
     review = sub.add_parser("simulate-review", help="mark a generated pool's review file by the generator's own draw",
                             description="For measurements on the generated default dataset: mark the LIMIT "
                                         "highest-scored undecided crops of a site review file spill or normal as the "

@@ -24,7 +24,7 @@ DEFAULT_SCORE_PARAMS = {
     "smooth_max": {"sigma": 1.0},
     "centred_max": {"sigma": 1.0},
     "map_max": {"sigma": 1.0},
-    "map_topk": {"fraction": 0.05},
+    "map_topk": {"fraction": 0.05, "sigma": 1.0},
 }
 
 
@@ -143,9 +143,9 @@ def map_max_score(x, recon, anomaly_logits=None, sigma: float = 1.0, **_):
     return gaussian_blur(anomaly_map(anomaly_logits, "map_max"), sigma).flatten(1).amax(1)
 
 
-def map_topk_score(x, recon, anomaly_logits=None, fraction: float = 0.05, **_):
-    """Mean of the largest ``fraction`` of the anomaly map's pixels."""
-    values = anomaly_map(anomaly_logits, "map_topk").flatten(1)
+def map_topk_score(x, recon, anomaly_logits=None, fraction: float = 0.05, sigma: float = 1.0, **_):
+    """Mean of the largest ``fraction`` of the smoothed anomaly map's pixels."""
+    values = gaussian_blur(anomaly_map(anomaly_logits, "map_topk"), sigma).flatten(1)
     k = max(1, int(round(fraction * values.shape[1])))
     return values.topk(k, dim=1).values.mean(1)
 

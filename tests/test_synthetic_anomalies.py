@@ -114,12 +114,18 @@ def test_focal_loss_by_hand():
 
 def test_map_scores_by_hand():
     logits = torch.full((2, 1, 10, 10), -20.0)
-    logits[1, 0, 2:4, 2:4] = 20.0  # a 2x2 patch: 4 % of the map
+    logits[1, 0, 2:6, 2:6] = 20.0  # a 4x4 patch; its inner 2x2 is 4 % of the map
     x = torch.zeros(2, 3, 10, 10)
-    scores = compute_scores(x, x, ["map_max", "map_topk"], {"map_topk": {"fraction": 0.04}, "map_max": {"sigma": 0.5}},
+    scores = compute_scores(x, x, ["map_max", "map_topk"],
+                            {"map_topk": {"fraction": 0.04, "sigma": 0.5}, "map_max": {"sigma": 0.5}},
                             anomaly_logits=logits)
-    assert scores["map_topk"].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
-    assert scores["map_max"][0] < 1e-6 < 0.5 < scores["map_max"][1] <= 1.0
+    # At sigma 0.5 a pixel two away from the patch's edge weighs e^-8 of the centre: the inner 2x2 stays ~1.
+    assert scores["map_topk"].tolist() == pytest.approx([0.0, 1.0], abs=1e-2)
+    assert scores["map_max"].tolist() == pytest.approx([0.0, 1.0], abs=1e-2)
+    # One confident pixel alone is smoothed away: a defect is a patch.
+    lone = torch.full((1, 1, 10, 10), -20.0)
+    lone[0, 0, 5, 5] = 20.0
+    assert compute_scores(x[:1], x[:1], ["map_max"], {"map_max": {"sigma": 1.5}}, anomaly_logits=lone)["map_max"] < 0.1
     with pytest.raises(ValueError, match="draem"):
         compute_scores(x, x, ["map_max"])
 
