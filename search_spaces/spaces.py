@@ -13,51 +13,16 @@ from __future__ import annotations
 from functools import partial
 
 from anomaly_ae.baselines import baseline_configs, startup_configs
-from anomaly_ae.models import model_spec
+from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.models.registry import LATENT_SCORES
 from anomaly_ae.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
-
-# (kind, *args) per parameter; "cat" choices, "int" lo hi, "float" lo hi, "logfloat" lo hi, "bool".
-VARIANT_PARAMS: dict[str, dict[str, tuple]] = {
-    "conv_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
-                "latent_channels": ("cat", [4, 8, 16, 32, 64]), "batch_norm": ("bool",), "dropout": ("float", 0.0, 0.3)},
-    "upsample_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "decoder_relu": ("bool",),
-                    "dropout": ("float", 0.0, 0.3)},
-    "upsample_sigmoid_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4)},
-    "maxpool_ae": {"base_width": ("cat", [8, 16, 32]), "depth": ("int", 2, 4),
-                   "bottleneck_channels": ("cat", [4, 8, 16, 32])},
-    "bn_linear_ae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
-                     "latent_dim": ("cat", [32, 64, 128, 256, 512]), "dropout": ("float", 0.0, 0.3)},
-    "linear_vae": {"hidden_dim": ("cat", [256, 512, 1024]), "latent_dim": ("cat", [8, 16, 32, 64]),
-                   "kl_beta": ("logfloat", 1e-3, 4.0)},
-    "small_conv_vae": {"base_width": ("cat", [16, 32, 64]), "latent_dim": ("cat", [16, 32, 64, 128]),
-                       "kl_beta": ("logfloat", 1e-3, 4.0)},
-    "big_conv_vae": {"base_width": ("cat", [32, 64]), "latent_dim": ("cat", [64, 128, 256]),
-                     "kl_beta": ("logfloat", 1e-3, 4.0)},
-    "unet_ae": {"base_width": ("cat", [16, 32]), "depth": ("int", 2, 3), "skips": ("bool",),
-                "dropout": ("float", 0.0, 0.5)},
-    "memae": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "latent_channels": ("cat", [16, 32, 64]),
-              "mem_size": ("cat", [25, 50, 100, 200]), "shrink_threshold": ("float", 0.0, 0.02),
-              "entropy_weight": ("logfloat", 1e-5, 1e-2)},
-    "pca_ae": {"n_components": ("cat", [4, 8, 16, 32, 64, 128])},
-    # Pixels average-pooled by 2 or 4 from the searched image size (a bank of 10k crops at pool 1 and
-    # 64x64 would be 245 MB in every checkpoint), optionally projected on pca_dim principal directions.
-    "knn": {"k": ("cat", [1, 3, 5, 10, 20]), "pool": ("cat", [2, 4]), "pca_dim": ("cat", [0, 16, 32, 64, 128]),
-            "metric": ("cat", ["l2", "cosine"])},
-    "draem": {"backbone": ("cat", ["conv_ae", "unet_ae"]), "base_width": ("cat", [16, 32]), "depth": ("int", 2, 3),
-              "latent_channels": ("cat", [8, 16, 32, 64]), "disc_width": ("cat", [8, 16, 32]), "disc_depth": ("int", 1, 3)},
-    "cutpaste": {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "head_width": ("cat", [64, 128, 256])},
-}
-
-# Variants whose output activation is fixed to sigmoid: inputs must stay in [0, 1].
-SIGMOID_ONLY = {"upsample_sigmoid_ae"}
-VARIATIONAL = {"linear_vae", "small_conv_vae", "big_conv_vae"}
 
 IMAGE_SIZES = ["32x48", "32x32", "40x72", "64x64"]
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]
 
 
 def suggest(trial, name: str, spec: tuple):
+    """One parameter of kind "cat" (choices), "int", "float" or "logfloat" (lo, hi), or "bool"."""
     kind = spec[0]
     if kind == "cat":
         return trial.suggest_categorical(name, spec[1])
@@ -72,10 +37,10 @@ def suggest(trial, name: str, spec: tuple):
     raise ValueError(f"unknown parameter kind {kind!r} for {name}")
 
 
-def architecture(trial, variants=tuple(VARIANT_PARAMS)) -> str:
-    """The variant, then only that variant's own parameters."""
-    variant = trial.suggest_categorical("variant", list(variants))
-    for param, spec in VARIANT_PARAMS[variant].items():
+def architecture(trial, variants: tuple[str, ...] | None = None) -> str:
+    """The variant (default: every registered one), then only that variant's own searched parameters."""
+    variant = trial.suggest_categorical("variant", list(variants or list_models()))
+    for param, spec in model_spec(variant).space.items():
         suggest(trial, f"{variant}.{param}", spec)
     return variant
 
@@ -87,7 +52,7 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     trial.suggest_categorical("image_size", list(sizes))
     trial.suggest_categorical("grayscale", [False, True])
     constants = {}
-    if variant in SIGMOID_ONLY:
+    if model_spec(variant).fixed_output == "sigmoid":  # inputs must stay in [0, 1]
         constants["normalisation"] = "none"
     else:
         # per_crop: each crop standardised by its own per-channel mean and spread, so the residual
@@ -131,7 +96,7 @@ def score_choices(variant: str, perceptual: bool) -> list[str]:
     if not spec.residual_scores:
         return list(spec.extra_scores)
     return (RESIDUAL_SCORE_CHOICES + list(spec.extra_scores)
-            + (["elbo"] if variant in VARIATIONAL else []) + (["perceptual"] if perceptual else []))
+            + (["elbo"] if spec.variational else []) + (["perceptual"] if perceptual else []))
 
 
 def score_key(variant: str, perceptual: bool) -> str:

@@ -5,7 +5,6 @@ from anomaly_ae.baselines import SEED_BASELINES, START_POINTS, baseline_configs,
 from anomaly_ae.config import ConfigError, model_params, validate_config
 from anomaly_ae.models import list_models
 from search_spaces import SPACES, baseline_points, config_from_params, get_space
-from search_spaces.spaces import VARIANT_PARAMS
 
 
 def test_defaults_fill_and_validate():
@@ -36,8 +35,37 @@ def test_output_activation_follows_normalisation():
     assert model_params(validate_config({"normalisation": "minus_one_one"}))["out_activation"] == "tanh"
 
 
-def test_every_registered_variant_is_in_the_full_space():
-    assert set(VARIANT_PARAMS) == set(list_models())
+def test_a_variant_is_one_file_and_one_decorator(monkeypatch):
+    """A throwaway variant registered with its searched parameters is proposed by the space, with them
+    and nothing else, and its config validates: nothing outside its decorator had to change."""
+    import torch.nn as nn
+
+    import anomaly_ae.models.registry as registry
+    from anomaly_ae.models import register_model
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_model("throwaway_ae", space={"hidden": ("cat", [4, 8]), "gain": ("float", 0.5, 2.0)})
+    def throwaway(in_channels, height, width, hidden=8, gain=1.0, out_activation="identity"):
+        return nn.Identity()
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"variant": "throwaway_ae"})
+    trial = study.ask()
+    constants = get_space("quick")(trial)
+    assert {k for k in trial.params if k.startswith("throwaway_ae.")} == {"throwaway_ae.hidden", "throwaway_ae.gain"}
+    assert validate_config(config_from_params({**trial.params, **constants}))["variant"] == "throwaway_ae"
+
+
+def test_the_registry_refuses_a_space_that_does_not_fit_the_builder():
+    from anomaly_ae.models.registry import check_space
+
+    with pytest.raises(TypeError, match="'depht' is not one of its parameters"):
+        check_space("x", {"depht": ("int", 1, 3)}, {"depth": 2})
+    with pytest.raises(TypeError, match="default of 'depth' is not among"):
+        check_space("x", {"depth": ("cat", [1, 3])}, {"depth": 2})
+    with pytest.raises(TypeError, match="kind"):
+        check_space("x", {"depth": ("range", 1, 3)}, {"depth": 2})
 
 
 @pytest.mark.parametrize("space", sorted(SPACES))

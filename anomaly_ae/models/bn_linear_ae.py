@@ -8,7 +8,12 @@ from anomaly_ae.models.conv_ae import SequentialAE
 from anomaly_ae.models.registry import register_model
 
 
-@register_model("bn_linear_ae", seed="002")
+# What a sweep searches of bn_linear_ae (search_spaces.spaces.suggest's kinds).
+BN_LINEAR_AE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
+                      "latent_dim": ("cat", [32, 64, 128, 256, 512]), "dropout": ("float", 0.0, 0.3)}
+
+
+@register_model("bn_linear_ae", space=BN_LINEAR_AE_SPACE, seed="002")
 def bn_linear_ae(in_channels, height, width, base_width=32, depth=3, latent_dim=512, dropout=0.0,
                  out_activation="tanh"):
     ws = widths(base_width, depth)

@@ -18,7 +18,12 @@ class SequentialAE(nn.Module):
         return Reconstruction(self.decoder(z), latent=z.flatten(1))
 
 
-@register_model("conv_ae", seed="000")
+# What a sweep searches of conv_ae (search_spaces.spaces.suggest's kinds).
+CONV_AE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4),
+                 "latent_channels": ("cat", [4, 8, 16, 32, 64]), "batch_norm": ("bool",), "dropout": ("float", 0.0, 0.3)}
+
+
+@register_model("conv_ae", space=CONV_AE_SPACE, seed="000")
 def conv_ae(in_channels, height, width, base_width=32, depth=3, latent_channels=16,
             batch_norm=False, dropout=0.0, out_activation="sigmoid"):
     """Stride-2 conv encoder, 1x1 conv bottleneck, transposed-conv decoder."""
@@ -61,20 +66,34 @@ def _upsample_ae(in_channels, base_width, depth, decoder_relu, dropout, out_acti
     return PadCrop(SequentialAE(nn.Sequential(*enc), nn.Sequential(*dec)), 2**depth)
 
 
-@register_model("upsample_ae", seed="001")
+# What a sweep searches of upsample_ae (search_spaces.spaces.suggest's kinds).
+UPSAMPLE_AE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "decoder_relu": ("bool",),
+                     "dropout": ("float", 0.0, 0.3)}
+
+
+@register_model("upsample_ae", space=UPSAMPLE_AE_SPACE, seed="001")
 def upsample_ae(in_channels, height, width, base_width=32, depth=3, decoder_relu=True, dropout=0.0,
                 out_activation="identity"):
     """Stride-2 convs with nearest upsampling, ReLU decoder (seed 001, net 1 generalised)."""
     return _upsample_ae(in_channels, base_width, depth, decoder_relu, dropout, out_activation)
 
 
-@register_model("upsample_sigmoid_ae", seed="001", fixed_output="sigmoid")
+# What a sweep searches of upsample_sigmoid_ae (search_spaces.spaces.suggest's kinds).
+UPSAMPLE_SIGMOID_AE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4)}
+
+
+@register_model("upsample_sigmoid_ae", space=UPSAMPLE_SIGMOID_AE_SPACE, seed="001", fixed_output="sigmoid")
 def upsample_sigmoid_ae(in_channels, height, width, base_width=32, depth=3, dropout=0.0):
     """Seed 001's sigmoid net as written: linear decoder convs, sigmoid output."""
     return _upsample_ae(in_channels, base_width, depth, False, dropout, "sigmoid")
 
 
-@register_model("maxpool_ae", seed="001")
+# What a sweep searches of maxpool_ae (search_spaces.spaces.suggest's kinds).
+MAXPOOL_AE_SPACE = {"base_width": ("cat", [8, 16, 32]), "depth": ("int", 2, 4),
+                    "bottleneck_channels": ("cat", [4, 8, 16, 32])}
+
+
+@register_model("maxpool_ae", space=MAXPOOL_AE_SPACE, seed="001")
 def maxpool_ae(in_channels, height, width, base_width=16, depth=3, bottleneck_channels=16, dropout=0.0,
                out_activation="sigmoid"):
     """Seed 001, net 2: conv + maxpool encoder, 1x1 bottleneck, transposed-conv decoder."""

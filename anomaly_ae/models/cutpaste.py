@@ -61,7 +61,11 @@ class CutPasteClassifier(nn.Module):
         return Reconstruction(x, latent=features, class_logits=self.head(features), mahalanobis=distance)
 
 
-@register_model("cutpaste", fixed_output="identity", extra_scores=("mahalanobis",), training="synthetic_class",
+# What a sweep searches of cutpaste (search_spaces.spaces.suggest's kinds).
+CUTPASTE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "head_width": ("cat", [64, 128, 256])}
+
+
+@register_model("cutpaste", space=CUTPASTE_SPACE, fixed_output="identity", extra_scores=("mahalanobis",), training="synthetic_class",
                 residual_scores=False)
 def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128):
     return CutPasteClassifier(in_channels, base_width, depth, head_width)

@@ -33,7 +33,12 @@ class ReconstructDiscriminate(nn.Module):
         return out._replace(anomaly_logits=logits)
 
 
-@register_model("draem", extra_scores=("map_max", "map_topk"), training="synthetic_map",
+# What a sweep searches of draem (search_spaces.spaces.suggest's kinds).
+DRAEM_SPACE = {"backbone": ("cat", ["conv_ae", "unet_ae"]), "base_width": ("cat", [16, 32]), "depth": ("int", 2, 3),
+               "latent_channels": ("cat", [8, 16, 32, 64]), "disc_width": ("cat", [8, 16, 32]), "disc_depth": ("int", 1, 3)}
+
+
+@register_model("draem", space=DRAEM_SPACE, extra_scores=("map_max", "map_topk"), training="synthetic_map",
                 choices={"backbone": BACKBONES})
 def draem(in_channels, height, width, backbone="unet_ae", base_width=32, depth=3, latent_channels=32,
           disc_width=16, disc_depth=2, out_activation="sigmoid"):

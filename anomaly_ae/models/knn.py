@@ -75,7 +75,14 @@ class KNNDetector(nn.Module):
         return Reconstruction(recon.to(x.dtype), distances=distances)
 
 
-@register_model("knn", seed="classical", fixed_output="identity", closed_form=True,
+# Pixels average-pooled by 2 or 4 from the searched image size (a bank of 10k crops at pool 1 and
+# 64x64 would be 245 MB in every checkpoint), optionally projected on pca_dim principal directions.
+# What a sweep searches of knn (search_spaces.spaces.suggest's kinds).
+KNN_SPACE = {"k": ("cat", [1, 3, 5, 10, 20]), "pool": ("cat", [2, 4]), "pca_dim": ("cat", [0, 16, 32, 64, 128]),
+             "metric": ("cat", ["l2", "cosine"])}
+
+
+@register_model("knn", space=KNN_SPACE, seed="classical", fixed_output="identity", closed_form=True,
                 extra_scores=("knn_mean", "knn_kth"), choices={"metric": METRICS})
 def knn(in_channels, height, width, k=5, pool=2, pca_dim=0, metric="l2"):
     return KNNDetector(in_channels, height, width, k, pool, pca_dim, metric)

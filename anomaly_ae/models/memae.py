@@ -47,7 +47,13 @@ class MemAE(nn.Module):
         return Reconstruction(self.decoder(z), aux_loss=self.entropy_weight * entropy, latent=code.flatten(1))
 
 
-@register_model("memae")
+# What a sweep searches of memae (search_spaces.spaces.suggest's kinds).
+MEMAE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "latent_channels": ("cat", [16, 32, 64]),
+               "mem_size": ("cat", [25, 50, 100, 200]), "shrink_threshold": ("float", 0.0, 0.02),
+               "entropy_weight": ("logfloat", 1e-5, 1e-2)}
+
+
+@register_model("memae", space=MEMAE_SPACE)
 def memae(in_channels, height, width, base_width=32, depth=3, latent_channels=64, mem_size=100,
           shrink_threshold=0.0025, entropy_weight=0.0002, out_activation="sigmoid"):
     ws = widths(base_width, depth)

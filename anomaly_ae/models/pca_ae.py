@@ -55,6 +55,10 @@ class PCAAutoencoder(nn.Module):
         return Reconstruction((code @ self.components + self.mean).view_as(x), latent=code)
 
 
-@register_model("pca_ae", seed="classical", fixed_output="identity", closed_form=True)
+# What a sweep searches of pca_ae (search_spaces.spaces.suggest's kinds).
+PCA_AE_SPACE = {"n_components": ("cat", [4, 8, 16, 32, 64, 128])}
+
+
+@register_model("pca_ae", space=PCA_AE_SPACE, seed="classical", fixed_output="identity", closed_form=True)
 def pca_ae(in_channels, height, width, n_components=16):
     return PCAAutoencoder(in_channels, height, width, n_components)

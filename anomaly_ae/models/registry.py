@@ -43,6 +43,8 @@ class ModelSpec(NamedTuple):
     # synthetic anomalies), "synthetic_class" (tell crops from their synthetic anomalies).
     training: str = "reconstruction"
     residual_scores: bool = True  # whether the residual scores (mse, ssim, ...) mean anything for it
+    # What a sweep searches: parameter -> (kind, *args), kinds as search_spaces.spaces.suggest takes them.
+    space: dict | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -50,18 +52,22 @@ _REGISTRY: dict[str, ModelSpec] = {}
 LATENT_SCORES = ("latent_knn", "latent_hybrid")
 _SHAPE_ARGS = ("in_channels", "height", "width")
 TRAININGS = ("reconstruction", "synthetic_map", "synthetic_class")
+SPACE_KINDS = ("cat", "bool", "int", "float", "logfloat")
 
 
 def register_model(name: str, *, seed: str = "beyond", variational: bool = False, fixed_output: str | None = None,
                    closed_form: bool = False, extra_scores: tuple[str, ...] = LATENT_SCORES,
-                   choices: dict | None = None, training: str = "reconstruction", residual_scores: bool = True):
+                   choices: dict | None = None, training: str = "reconstruction", residual_scores: bool = True,
+                   space: dict | None = None):
     """Decorator: add a builder ``fn(in_channels, height, width, **params) -> nn.Module``.
 
     A builder without an ``out_activation`` parameter declares its fixed one in
     ``fixed_output``, so configs can be checked against the normalisation. ``extra_scores`` are the
     scores beyond the residual ones: by default the latent-distance pair, which needs ``latent`` in
     the forward's output. ``choices`` names the allowed values of string parameters. ``training`` is
-    one of TRAININGS; a variant that reconstructs nothing sets ``residual_scores=False``.
+    one of TRAININGS; a variant that reconstructs nothing sets ``residual_scores=False``. ``space`` is
+    what a sweep searches of it (``{param: (kind, *args)}``); the search space reads it from here, so a
+    variant is one file and one decorator.
     """
 
     def decorator(fn):
@@ -83,11 +89,24 @@ def register_model(name: str, *, seed: str = "beyond", variational: bool = False
         for param, allowed in (choices or {}).items():
             if params.get(param) not in allowed:
                 raise TypeError(f"builder for {name!r}: default of {param!r} is not among its choices {allowed}")
+        check_space(name, space or {}, params)
         _REGISTRY[name] = ModelSpec(name, fn, seed, variational, params, fixed_output, closed_form,
-                                    tuple(extra_scores), dict(choices or {}), training, residual_scores)
+                                    tuple(extra_scores), dict(choices or {}), training, residual_scores, dict(space or {}))
         return fn
 
     return decorator
+
+
+def check_space(name: str, space: dict, params: dict) -> None:
+    """Each searched parameter is the builder's, of a known kind; a categorical one lists its default, so
+    that an enqueued config at the defaults fits the space."""
+    for param, spec in space.items():
+        if param not in params:
+            raise TypeError(f"builder for {name!r}: searched parameter {param!r} is not one of its parameters")
+        if not spec or spec[0] not in SPACE_KINDS:
+            raise TypeError(f"builder for {name!r}: {param!r} has kind {spec[:1]}, not one of {SPACE_KINDS}")
+        if spec[0] == "cat" and params[param] not in spec[1]:
+            raise TypeError(f"builder for {name!r}: the default of {param!r} is not among its searched choices")
 
 
 def list_models() -> list[str]:

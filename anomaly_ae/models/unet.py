@@ -44,6 +44,11 @@ class UNet(nn.Module):
         return Reconstruction(self.head(h), latent=latent)
 
 
-@register_model("unet_ae", seed="004")
+# What a sweep searches of unet_ae (search_spaces.spaces.suggest's kinds).
+UNET_AE_SPACE = {"base_width": ("cat", [16, 32]), "depth": ("int", 2, 3), "skips": ("bool",),
+                 "dropout": ("float", 0.0, 0.5)}
+
+
+@register_model("unet_ae", space=UNET_AE_SPACE, seed="004")
 def unet_ae(in_channels, height, width, base_width=32, depth=3, skips=True, dropout=0.0, out_activation="identity"):
     return PadCrop(UNet(in_channels, base_width, depth, skips, dropout, out_activation), 2**depth)

@@ -27,7 +27,12 @@ class VAE(nn.Module):
         return Reconstruction(self.decoder(z), mu=mu, logvar=logvar, latent=mu)
 
 
-@register_model("linear_vae", seed="003", variational=True)
+# What a sweep searches of linear_vae (search_spaces.spaces.suggest's kinds).
+LINEAR_VAE_SPACE = {"hidden_dim": ("cat", [256, 512, 1024]), "latent_dim": ("cat", [8, 16, 32, 64]),
+                    "kl_beta": ("logfloat", 1e-3, 4.0)}
+
+
+@register_model("linear_vae", space=LINEAR_VAE_SPACE, seed="003", variational=True)
 def linear_vae(in_channels, height, width, hidden_dim=512, latent_dim=32, kl_beta=1.0, dropout=0.0,
                out_activation="sigmoid"):
     n = in_channels * height * width
@@ -57,13 +62,23 @@ def _conv_vae(in_channels, height, width, base_width, depth, latent_dim, kl_beta
     return PadCrop(VAE(encoder, flat, latent_dim, decoder, kl_beta), 2**depth)
 
 
-@register_model("small_conv_vae", seed="003", variational=True)
+# What a sweep searches of small_conv_vae (search_spaces.spaces.suggest's kinds).
+SMALL_CONV_VAE_SPACE = {"base_width": ("cat", [16, 32, 64]), "latent_dim": ("cat", [16, 32, 64, 128]),
+                        "kl_beta": ("logfloat", 1e-3, 4.0)}
+
+
+@register_model("small_conv_vae", space=SMALL_CONV_VAE_SPACE, seed="003", variational=True)
 def small_conv_vae(in_channels, height, width, base_width=32, depth=3, latent_dim=64, kl_beta=1.0, dropout=0.0,
                    out_activation="sigmoid"):
     return _conv_vae(in_channels, height, width, base_width, depth, latent_dim, kl_beta, dropout, out_activation)
 
 
-@register_model("big_conv_vae", seed="003", variational=True)
+# What a sweep searches of big_conv_vae (search_spaces.spaces.suggest's kinds).
+BIG_CONV_VAE_SPACE = {"base_width": ("cat", [32, 64]), "latent_dim": ("cat", [64, 128, 256]),
+                      "kl_beta": ("logfloat", 1e-3, 4.0)}
+
+
+@register_model("big_conv_vae", space=BIG_CONV_VAE_SPACE, seed="003", variational=True)
 def big_conv_vae(in_channels, height, width, base_width=64, depth=4, latent_dim=128, kl_beta=1.0, dropout=0.0,
                  out_activation="sigmoid"):
     return _conv_vae(in_channels, height, width, base_width, depth, latent_dim, kl_beta, dropout, out_activation)
