@@ -40,7 +40,7 @@ def cmd_list_models(args) -> int:
 
     for name in list_models():
         spec = model_spec(name)
-        kind = ("VAE" if spec.variational else "closed-form" if spec.closed_form else "AE" if spec.training == "reconstruction"
+        kind = ("VAE" if spec.variational else "closed-form" if spec.closed_form else "AE" if not spec.synthetic
                 else spec.training)
         params = ", ".join(f"{k}={v!r}" for k, v in spec.params.items())
         say(f"{name:<22} seed {spec.seed:<9} {kind:<15} {params}")
@@ -189,6 +189,9 @@ def cmd_benchmark_objectives(args) -> int:
 def cmd_benchmark_families(args) -> int:
     from mlflow.tracking import MlflowClient
 
+    import numpy as np
+    import torch
+
     from benchmarks.families import SYNTHETIC_FAMILIES, epoch_costs, family_table, table_lines
     from sweeps.runs import find_parent_run, load_sweep_data
 
@@ -197,18 +200,11 @@ def cmd_benchmark_families(args) -> int:
     costs = None
     if not args.no_costs:
         _, splits = load_sweep_data(find_parent_run(client, args.experiment), args.data)
-        costs = epoch_costs(torch_tensor(splits.train), ["conv_ae", *SYNTHETIC_FAMILIES])
+        costs = epoch_costs(torch.from_numpy(np.ascontiguousarray(splits.train)), ["conv_ae", *SYNTHETIC_FAMILIES])
     say("\n".join(table_lines(table, costs, args.experiment)))
     if args.out is not None:
         table.to_csv(args.out, index=False)
     return 0
-
-
-def torch_tensor(array):
-    import numpy as np
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def cmd_simulate_review(args) -> int:

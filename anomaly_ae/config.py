@@ -197,7 +197,7 @@ def validate_config(raw: dict) -> dict:
     if cfg["synthetic_area_min"] > cfg["synthetic_area_max"]:
         raise ConfigError(f"synthetic_area_min: {cfg['synthetic_area_min']} is above synthetic_area_max: "
                           f"{cfg['synthetic_area_max']}")
-    if spec.training != "reconstruction" and cfg["corruption_prob"]:
+    if spec.synthetic and cfg["corruption_prob"]:
         raise ConfigError(f"corruption_prob: {variant!r} learns from its own synthetic anomalies "
                           f"(synthetic_* keys); set corruption_prob to 0")
     if not spec.residual_scores and cfg["score"] not in spec.extra_scores:

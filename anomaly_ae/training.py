@@ -165,7 +165,7 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
     # The running loss stays on the device; the host looks at it every DIVERGENCE_CHECK_STEPS steps
     # and at the end, never per step (a per-step .item() is a device sync).
     total = torch.zeros((), device=state.device)
-    synthetic = model_spec(cfg["variant"]).training != "reconstruction"
+    synthetic = model_spec(cfg["variant"]).synthetic
     for step in range(steps):
         idx = order[step * bs:(step + 1) * bs]
         clean = augment(state.preprocess.to_unit(train_u8[idx]), cfg, gen)

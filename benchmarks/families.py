@@ -21,7 +21,7 @@ PIXEL = "pixel"  # every family that compares pixels, or latents learnt only to 
 
 def family_of(variant: str) -> str:
     """A synthetic-anomaly family is its own group; every other variant is a pixel family."""
-    return variant if model_spec(variant).training != "reconstruction" else PIXEL
+    return variant if model_spec(variant).synthetic else PIXEL
 
 
 def family_table(client, experiment: str, data_dir: Path | None = None) -> pd.DataFrame:
@@ -93,4 +93,4 @@ def table_lines(table: pd.DataFrame, costs: pd.DataFrame | None, experiment: str
     return lines
 
 
-SYNTHETIC_FAMILIES = tuple(v for v in list_models() if model_spec(v).training != "reconstruction")
+SYNTHETIC_FAMILIES = tuple(v for v in list_models() if model_spec(v).synthetic)

@@ -67,7 +67,7 @@ def augmentation(trial, variant: str, sizes=tuple(IMAGE_SIZES)) -> dict:
     trial.suggest_float("contrast_jitter", 0.0, 0.15)
     trial.suggest_float("colour_jitter", 0.0, 0.05)
     spec = model_spec(variant)
-    if spec.training != "reconstruction":
+    if spec.synthetic:
         synthetic_anomalies(trial)
     elif not spec.closed_form:
         trial.suggest_float("corruption_prob", 0.0, 0.5)

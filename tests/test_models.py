@@ -80,7 +80,7 @@ def test_variant_trains_loss_finite_and_decreasing(variant, tiny_splits):
         return
     losses = []
     state.model.train()
-    synthetic = model_spec(variant).training != "reconstruction"
+    synthetic = model_spec(variant).synthetic
     # A fresh synthetic anomaly every step makes the loss noisier: those variants get twice the steps.
     for _ in range(40 if synthetic else 20):
         loss = synthetic_step_loss(state, cfg, x) if synthetic else step_loss(state, cfg, x, x)

@@ -46,6 +46,11 @@ class ModelSpec(NamedTuple):
     # What a sweep searches: parameter -> (kind, *args), kinds as search_spaces.spaces.suggest takes them.
     space: dict | None = None
 
+    @property
+    def synthetic(self) -> bool:
+        """Learns from synthetic anomalies pasted into normal crops (draem, cutpaste), not by reconstruction."""
+        return self.training != "reconstruction"
+
 
 _REGISTRY: dict[str, ModelSpec] = {}
 # Scores from the distance of a crop's latent to the train latents (anomaly_ae.latent_bank).
