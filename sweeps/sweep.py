@@ -20,7 +20,7 @@ import pandas as pd
 from anomaly_ae.fixed_work import data_key
 from anomaly_ae.selection import site_blend
 from sweeps.spec import (
-    DEFAULT_OBJECTIVE, DEFAULT_OBJECTIVE_WITH_SITE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
+    DEFAULT_OBJECTIVE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
 )
 
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
@@ -101,13 +101,11 @@ def find_perceptual(log=print) -> bool:
 
 
 def resolve_objective(spec: SweepSpec, splits) -> SweepSpec:
-    """The objective, once the data shows whether there is a site pool; the site objectives need one,
-    and each of its two parts large enough for the site rule."""
+    """The objective checked against the data: the site objectives need a site pool, and each of its two
+    parts large enough for the site rule."""
     from anomaly_ae.thresholds import min_site_pool_size
 
     parts = (splits.site_selection, splits.site_calibration)
-    if spec.objective is None:
-        spec = spec.replace(objective=DEFAULT_OBJECTIVE_WITH_SITE if parts[0] is not None else DEFAULT_OBJECTIVE)
     if parts[0] is None:
         if spec.objective.startswith("site"):
             raise SpecError(f"--objective {spec.objective}: there is no site pool (give --site DIR, or put crops in "
