@@ -11,8 +11,8 @@ from sweeps.spec import (
 )
 from anomaly_ae.data.shifted import KINDS as SHIFTED_KINDS
 from anomaly_ae.data.textures import TEXTURES
-from anomaly_ae.selection import OBJECTIVES
-from anomaly_ae.thresholds import DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS
+from anomaly_ae.stats.selection import OBJECTIVES
+from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS
 
 DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
 
@@ -27,9 +27,9 @@ DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
                          benchmark-families
 """
 
-# The policies of anomaly_ae.thresholds (kept literal: the parser must not import torch).
+# The policies of anomaly_ae.stats.thresholds (kept literal: the parser must not import torch).
 POLICY_CHOICES = ["tnr_target", "midpoint", "best_f1", "tpr_target", "min_anomaly", "normal_quantile"]
-# Those of anomaly_ae.scores and benchmarks.calibrate, literal for the same reason.
+# Those of anomaly_ae.detector.scores and benchmarks.calibrate, literal for the same reason.
 SCORE_TYPES = ["mse", "l1", "ssim", "hybrid", "topk", "smooth_max", "centred_max", "elbo", "perceptual", "knn_mean",
                "knn_kth", "latent_knn", "latent_hybrid", "map_max", "map_topk", "mahalanobis"]
 CALIBRATION_CONFIGS = ["seed000", "strong", "pca32"]
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="distribution_free: the site rule, which assumes every pool crop may be a spill scoring "
                               "just below the threshold; matched: also uses where the validation spills carried to "
                               "the site score and the pool's estimated spill share (assumptions in "
-                              f"anomaly_ae/thresholds.py, matched_site_threshold; default {DEFAULT_SITE_CALIBRATION})")
+                              f"anomaly_ae/stats/thresholds.py, matched_site_threshold; default {DEFAULT_SITE_CALIBRATION})")
     bench = sub.add_parser("benchmark-search", help="TPE against random sampling at equal wall-clock budget",
                            description="Run K sweeps with TPE and K with random sampling, interleaved, each at the "
                                        "same wall-clock budget with the seed baselines enqueued; print and plot the "

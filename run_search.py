@@ -104,8 +104,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from anomaly_ae.drift import drift_lines
-    from anomaly_ae.serving import predict_folder
+    from anomaly_ae.stats.drift import drift_lines
+    from anomaly_ae.tracking.serving import predict_folder
 
     p = predict_folder(args.tracking_uri, args.model_name, args.model, args.images, args.out, args.threshold_policy,
                        args.site, args.site_max_spill_fraction, args.site_delta, args.site_review,
@@ -216,7 +216,7 @@ def cmd_simulate_review(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from anomaly_ae.tracking_server import ServerConfigError, ServerSpec, prepare_server, startup_lines
+    from anomaly_ae.tracking.server import ServerConfigError, ServerSpec, prepare_server, startup_lines
 
     spec = ServerSpec(args.backend_store_uri, args.artifacts_destination, args.state_dir, args.host, args.port,
                       args.workers, args.concurrent_trials, args.allowed_hosts)
@@ -229,7 +229,7 @@ def cmd_server(args) -> int:
 
 
 def cmd_benchmark_tracking(args) -> int:
-    from anomaly_ae.tracking_server import redact
+    from anomaly_ae.tracking.server import redact
     from benchmarks.tracking import benchmark_tracking, summary_table
 
     say(f"benchmark-tracking: {args.writers} writers x {args.epochs} epochs against {redact(args.tracking_uri)}")
@@ -287,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001
-        from anomaly_ae.checkpoints import UntrustedCheckpoint
+        from anomaly_ae.detector.checkpoints import UntrustedCheckpoint
         from anomaly_ae.data import DatasetError
-        from anomaly_ae.serving import PredictionError
-        from anomaly_ae.thresholds import SitePoolTooSmall
+        from anomaly_ae.tracking.serving import PredictionError
+        from anomaly_ae.stats.thresholds import SitePoolTooSmall
         from sweeps.runs import SweepNotFound
 
         if isinstance(exc, (DatasetError, SweepNotFound, UntrustedCheckpoint, SitePoolTooSmall, PredictionError)):

@@ -1,8 +1,8 @@
 """PNG figures for a sweep. Matplotlib with the Agg backend only; a trial's own figures are in
-anomaly_ae.plots (trials import nothing from analysis)."""
+anomaly_ae.tracking.plots (trials import nothing from analysis)."""
 from __future__ import annotations
 
-from anomaly_ae.plots import reconstruction_grid, roc_plot, save, score_histogram  # noqa: F401  (sets Agg first)
+from anomaly_ae.tracking.plots import reconstruction_grid, roc_plot, save, score_histogram  # noqa: F401  (sets Agg first)
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

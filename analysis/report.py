@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
-from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE
-from anomaly_ae.tracking import log_sweep_report
+from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE
+from anomaly_ae.tracking.mlflow_runs import log_sweep_report
 from analysis.importance import param_importances
 from analysis.fidelity import asha_rungs, rung_fidelity
 from sweeps.leaderboard import leaderboard_rows, markdown_table, search_verdict
-from anomaly_ae.baselines import is_seed_baseline
+from search_spaces.baselines import is_seed_baseline
 from sweeps.runs import download_checkpoint, find_parent_run, reference_frame, sweep_frame
 
 REPORT_DIR = "analysis"

@@ -15,11 +15,11 @@ import time
 
 import torch
 
-from anomaly_ae.baselines import SEED_BASELINES
-from anomaly_ae.config import validate_config
+from search_spaces.baselines import SEED_BASELINES
+from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data import load_proliv, make_splits
-from anomaly_ae.evaluation import test_report
-from anomaly_ae.validation import train_and_validate
+from anomaly_ae.detector.evaluation import test_report
+from anomaly_ae.detector.validation import train_and_validate
 
 # A config the search space can reach that copes with the test shift: brightness,
 # contrast and colour jitter plus small shifts in training, and a local score.

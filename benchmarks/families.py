@@ -53,8 +53,8 @@ def family_table(client, experiment: str, data_dir: Path | None = None) -> pd.Da
 def epoch_costs(train_u8: torch.Tensor, variants: list[str], crops: int = 768, repeats: int = 3) -> pd.DataFrame:
     """Seconds per epoch of ``crops`` crops and parameters of each variant at its defaults, interleaved so
     that a slow patch of the machine hits them alike; ratios against the first (``conv_ae``)."""
-    from anomaly_ae.config import validate_config
-    from anomaly_ae.training import build_trial, train_one_epoch
+    from anomaly_ae.detector.config import validate_config
+    from anomaly_ae.detector.training import build_trial, train_one_epoch
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     states, times, memory = {}, {v: [] for v in variants}, {}

@@ -12,10 +12,10 @@ import time
 import pandas as pd
 import torch
 
-from anomaly_ae.baselines import KNN_REFERENCE
-from anomaly_ae.config import validate_config
-from anomaly_ae.training import build_trial, fit_closed_form
-from anomaly_ae.validation import score_images
+from search_spaces.baselines import KNN_REFERENCE
+from anomaly_ae.detector.config import validate_config
+from anomaly_ae.detector.training import build_trial, fit_closed_form
+from anomaly_ae.detector.validation import score_images
 
 FEATURE_SPACES = {"pixels 16x24 (knn5)": {}, "PCA 64 of pixels 16x24": {"knn.pca_dim": 64}}
 

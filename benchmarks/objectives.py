@@ -30,8 +30,8 @@ def champion_of(frame: pd.DataFrame, objective: str) -> pd.Series:
 
 
 def objective_table(client, experiment: str, data_dir: Path | None = None) -> pd.DataFrame:
-    from anomaly_ae.selection import site_blend
-    from anomaly_ae.thresholds import SITE_CALIBRATIONS
+    from anomaly_ae.stats.selection import site_blend
+    from anomaly_ae.stats.thresholds import SITE_CALIBRATIONS
     from sweeps.promote import evaluate_once
     from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 

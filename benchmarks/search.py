@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly_ae.baselines import is_seed_baseline
+from search_spaces.baselines import is_seed_baseline
 from sweeps.runs import find_parent_run, reference_frame, sweep_frame
 
 
@@ -101,7 +101,7 @@ def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str, lo
 
 def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_name: str) -> dict:
     from sweeps.promote import promote
-    from anomaly_ae.evaluation import operating_report
+    from anomaly_ae.detector.evaluation import operating_report
 
     with tempfile.TemporaryDirectory() as tmp:
         result = promote(client, tracking_uri, experiment, trial=trial, force=True, model_name=model_name,
@@ -161,7 +161,7 @@ def summary_lines(table: pd.DataFrame) -> list[str]:
 
 def log_summary(client, bench: SearchBenchmark, table: pd.DataFrame, stamp: str) -> None:
     from analysis import plots
-    from anomaly_ae.tracking import log_summary_run
+    from anomaly_ae.tracking.mlflow_runs import log_summary_run
 
     curves = {s: list(g["curve"]) for s, g in table.groupby("sampler")}
     refs = {c: table[c].median() for c in ("pca16", "knn5") if c in table}

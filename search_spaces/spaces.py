@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from anomaly_ae.baselines import baseline_configs, startup_configs
+from search_spaces.baselines import baseline_configs, startup_configs
 from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.models.registry import LATENT_SCORES
-from anomaly_ae.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
+from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
 
 IMAGE_SIZES = ["32x48", "32x32", "40x72", "64x64"]
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]
@@ -229,7 +229,7 @@ def baseline_point(cfg: dict, perceptual: bool = False) -> dict:
     Every searched key of its branch gets a value, defaults included, so that
     no dimension of a baseline trial is left to the sampler.
     """
-    from anomaly_ae.config import validate_config
+    from anomaly_ae.detector.config import validate_config
     from anomaly_ae.models import model_spec
 
     full = validate_config(cfg)

@@ -6,9 +6,9 @@ import math
 import pandas as pd
 
 from sweeps.runs import trial_row
-from anomaly_ae.baselines import is_seed_baseline, match_baseline
-from anomaly_ae.config import validate_config
-from anomaly_ae.selection import OBJECTIVE_MARGIN, tie_break
+from search_spaces.baselines import is_seed_baseline, match_baseline
+from anomaly_ae.detector.config import validate_config
+from anomaly_ae.stats.selection import OBJECTIVE_MARGIN, tie_break
 from search_spaces import config_from_params
 
 

@@ -20,12 +20,14 @@ import torch
 import yaml
 
 from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
-from anomaly_ae.baselines import SEED_BASELINES
-from anomaly_ae.evaluation import calibrate_at_site, operating_report, report_at_policies, test_report
-from anomaly_ae.checkpoints import checkpoint_payload, load_trained
+from search_spaces.baselines import SEED_BASELINES
+from anomaly_ae.detector.evaluation import (
+    calibrate_at_site, calibration_record, operating_report, report_at_policies, test_report,
+)
+from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
 from anomaly_ae.data.site import split_description
-from anomaly_ae.thresholds import DEFAULT_SITE_CALIBRATION
-from anomaly_ae.validation import train_and_validate
+from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION
+from anomaly_ae.detector.validation import train_and_validate
 from sweeps.review import ReviewFiles, log_review, write_review_files
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
@@ -95,7 +97,7 @@ def as_scorer(score_tensor):
 def reference_candidates(splits, policy: str, tnr_target: float, objective: str,
                          site_mode: str = DEFAULT_SITE_CALIBRATION) -> list[Candidate]:
     """The reference detectors refitted on the sweep's train split and scored once on test."""
-    from anomaly_ae.references import fit_references
+    from sweeps.references import fit_references
 
     out = []
     test = torch.from_numpy(np.ascontiguousarray(splits.test))
@@ -165,9 +167,9 @@ def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy:
                        site_mode: str = DEFAULT_SITE_CALIBRATION) -> Candidate:
     """The members as one detector: rank-averaged scores, thresholded like a single score, and judged
     on validation by the sweep's objective like a trial."""
-    from anomaly_ae.ensemble import Ensemble, val_scores_of
-    from anomaly_ae.selection import score_objective
-    from anomaly_ae.validation import SiteInput, score_summary, site_metrics
+    from anomaly_ae.detector.ensemble import Ensemble, val_scores_of
+    from anomaly_ae.stats.selection import score_objective
+    from anomaly_ae.detector.validation import SiteInput, score_summary, site_metrics
 
     tnr = payloads[0]["config"]["tnr_target"]
     ensemble = Ensemble(payloads)
@@ -223,7 +225,7 @@ def best_config(cfg: dict) -> dict:
 
 
 def write_best_config(cfg: dict, path: Path) -> Path:
-    from anomaly_ae.config import validate_config
+    from anomaly_ae.detector.config import validate_config
 
     clean = best_config(cfg)
     validate_config(clean)  # what we write must be what search accepts
@@ -314,19 +316,17 @@ def detector_spec(promoted: Candidate, decode_size: tuple[int, int]) -> dict:
     if "site" in r:
         cal = r["site"]["calibration"]
         return {**spec, "threshold": r["site"]["threshold"], "policy": "site",
-                "calibration": {"source": "site", "scores": cal["scores"].tolist(),
-                                **{k: v for k, v in cal.items() if k.startswith("site_")}}}
+                "calibration": calibration_record(cal["scores"], cal)}
     normals = promoted.payload["val_scores"]["normal"][promoted.cfg["score"]]
-    return {**spec, "threshold": r["threshold"], "policy": r["policy"],
-            "calibration": {"source": "validation", "scores": np.asarray(normals, dtype=float).tolist()}}
+    return {**spec, "threshold": r["threshold"], "policy": r["policy"], "calibration": calibration_record(normals)}
 
 
 def register(tracking_uri: str, parent, promoted: Candidate, markdown: str, model_name: str,
              decode_size: tuple[int, int], key: dict[str, str], split: dict[str, str], config_path: Path):
     """Log the detector as a pyfunc model (from code) in a promotion run, register it, set the alias."""
-    from anomaly_ae.checkpoints import MODEL_FILE, save_checkpoint
-    from anomaly_ae.serving import DETECTOR_FILE
-    from anomaly_ae.tracking import register_detector
+    from anomaly_ae.detector.checkpoints import MODEL_FILE, save_checkpoint
+    from anomaly_ae.tracking.serving import DETECTOR_FILE
+    from anomaly_ae.tracking.mlflow_runs import register_detector
 
     r = operating_report(promoted.report)
     spec = detector_spec(promoted, decode_size)

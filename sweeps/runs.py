@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from anomaly_ae.metrics import clopper_pearson
-from anomaly_ae.tracking import run_metric
+from anomaly_ae.stats.metrics import clopper_pearson
+from anomaly_ae.tracking.mlflow_runs import run_metric
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 
 class SweepNotFound(LookupError):
@@ -55,7 +56,7 @@ def trial_runs(client, parent) -> list:
 
 
 def _config_of(run) -> dict:
-    from anomaly_ae.config import validate_config
+    from anomaly_ae.detector.config import validate_config
 
     params = {}
     for key, text in run.data.params.items():
@@ -135,8 +136,8 @@ def load_sweep_data(parent, data_dir: Path | None, site_dir: Path | None = None,
 
     tags = parent.data.tags
     root = Path(data_dir or tags.get("dataset_path", ""))
-    bound = float(tags.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
-    risk = float(tags.get("site_delta", 0.05)) if delta is None else delta
+    bound = float(tags.get("site_max_spill_fraction", SITE_SPILL_BOUND)) if max_spill_fraction is None else max_spill_fraction
+    risk = float(tags.get("site_delta", SITE_RISK)) if delta is None else delta
     # Sweeps from before the split chose on the whole pool: promote splits it at the default share then.
     share = float(tags.get("site_calibration_share", DEFAULT_CALIBRATION_SHARE)) if calibration_share is None \
         else calibration_share
@@ -166,8 +167,8 @@ def download_checkpoint(client, run_id: str, dst: Path) -> dict:
     """The trial's best-epoch model (weights, config, preprocessing, val scores), loaded without running code.
 
     A trial replayed from an earlier run (tagged ``reused_from``) has its weights in that run."""
-    from anomaly_ae.checkpoints import MODEL_FILE, load_checkpoint
-    from anomaly_ae.fixed_work import REUSED_TAG
+    from anomaly_ae.detector.checkpoints import MODEL_FILE, load_checkpoint
+    from trainables.fixed_work import REUSED_TAG
 
     run_id = client.get_run(run_id).data.tags.get(REUSED_TAG) or run_id
     names = {a.path for a in client.list_artifacts(run_id)}

@@ -13,18 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE
-from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
+from anomaly_ae.stats.metrics import TNR_TARGET
+from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE, OBJECTIVES, SCORE_SELECTIONS
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "default"
 # The exports `run_search.py server` prints make every command (and every trial) use the server.
 DEFAULT_TRACKING = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
 DEFAULT_STORAGE = REPO / "ray_results"
-# With or without a site pool: on seven sweeps of five shifted data sets (four of real images), every
-# site objective lost to it somewhere by 0.17-0.62 TPR at the site (docs/results.md §10).
-DEFAULT_OBJECTIVE = "clean"
-DEFAULT_SITE_SPILL_BOUND = 0.05
-DEFAULT_SITE_RISK = 0.05
 
 
 class SpecError(ValueError):
@@ -84,9 +81,9 @@ def add_site_arguments(p: argparse.ArgumentParser, folder_help: str | None = Non
                    help=folder_help or "site pool: unlabelled crops from where the detector will run (default: "
                                        "DATA/site/ when it exists)")
     p.add_argument("--site-max-spill-fraction", type=unit_fraction, default=None,
-                   help=f"stated upper bound on the share of spills in the site pool (default {DEFAULT_SITE_SPILL_BOUND})")
+                   help=f"stated upper bound on the share of spills in the site pool (default {SITE_SPILL_BOUND})")
     p.add_argument("--site-delta", type=risk, default=None,
-                   help=f"risk that the site threshold breaks its TNR promise (default {DEFAULT_SITE_RISK})")
+                   help=f"risk that the site threshold breaks its TNR promise (default {SITE_RISK})")
     p.add_argument("--site-review", "--site-known-spills", dest="site_review", type=Path, default=None,
                    metavar="FILE", help="a review of site crops, as promote writes it (site_review.tsv, its verdict "
                    "column filled): crops marked spill are left out of the pool and the spill bound shrinks by as "
@@ -152,8 +149,8 @@ class SweepSpec:
         "budget and dataset is in the tracking store (default: link that run instead)"))
     resume: bool = field(default=False, metadata=option(
         "continue the interrupted sweep --experiment from --storage-path (Tuner.restore)"))
-    tnr_target: float = field(default=0.95, metadata=option(
-        "TNR the objective is constrained to (default 0.95)", type=float))
+    tnr_target: float = field(default=TNR_TARGET, metadata=option(
+        f"TNR the objective is constrained to (default {TNR_TARGET})", type=float))
     grace_period: int = field(default=1, metadata=option(
         "ASHA: epochs before a trial can be stopped", type=positive_int))
     scale: float = field(default=1.0, metadata=option(
@@ -230,11 +227,11 @@ class SweepSpec:
 
     @property
     def site_bound(self) -> float:
-        return DEFAULT_SITE_SPILL_BOUND if self.site_max_spill_fraction is None else self.site_max_spill_fraction
+        return SITE_SPILL_BOUND if self.site_max_spill_fraction is None else self.site_max_spill_fraction
 
     @property
     def site_risk(self) -> float:
-        return DEFAULT_SITE_RISK if self.site_delta is None else self.site_delta
+        return SITE_RISK if self.site_delta is None else self.site_delta
 
     @property
     def site_share(self) -> float:
@@ -303,7 +300,7 @@ class SweepSpec:
         """The validated ``--config`` file, or None."""
         import yaml
 
-        from anomaly_ae.config import ConfigError, validate_config
+        from anomaly_ae.detector.config import ConfigError, validate_config
 
         if self.config is None:
             return None

@@ -17,8 +17,8 @@ from typing import Callable
 
 import pandas as pd
 
-from anomaly_ae.fixed_work import data_key
-from anomaly_ae.selection import site_blend
+from trainables.fixed_work import data_key
+from anomaly_ae.stats.selection import site_blend
 from sweeps.spec import (
     DEFAULT_OBJECTIVE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
 )
@@ -89,7 +89,7 @@ def git_commit() -> str:
 
 
 def find_perceptual(log=print) -> bool:
-    from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights
+    from anomaly_ae.detector.losses import PerceptualWeightsMissing, find_perceptual_weights
 
     try:
         find_perceptual_weights("alexnet")
@@ -103,7 +103,7 @@ def find_perceptual(log=print) -> bool:
 def resolve_objective(spec: SweepSpec, splits) -> SweepSpec:
     """The objective checked against the data: the site objectives need a site pool, and each of its two
     parts large enough for the site rule."""
-    from anomaly_ae.thresholds import min_site_pool_size
+    from anomaly_ae.stats.thresholds import min_site_pool_size
 
     parts = (splits.site_selection, splits.site_calibration)
     if parts[0] is None:
@@ -137,7 +137,7 @@ class Sweep:
         """Validate, load the data, enqueue the fixed trials, open the parent run, score the references."""
         from anomaly_ae.data import load_proliv, make_splits
         from anomaly_ae.data.site import split_description
-        from anomaly_ae.tracking import SweepRun
+        from anomaly_ae.tracking.mlflow_runs import SweepRun
 
         configure_environment()
         spec.validate()
@@ -192,7 +192,7 @@ class Sweep:
         from mlflow.tracking import MlflowClient
         from ray import tune
 
-        from anomaly_ae.tracking import SweepRun
+        from anomaly_ae.tracking.mlflow_runs import SweepRun
         from sweeps.runs import find_parent_run, load_sweep_data
         from sweeps.tuning import resume_sweep
 
@@ -257,7 +257,7 @@ def open_study(spec: SweepSpec):
     """The ``--optuna-storage`` database, reachable and ready, or None."""
     if not spec.optuna_storage:
         return None
-    from anomaly_ae.study_storage import StudyStorageError, open_study_storage
+    from anomaly_ae.tracking.study_storage import StudyStorageError, open_study_storage
 
     try:
         return open_study_storage(spec.optuna_storage)
@@ -269,8 +269,8 @@ def claim_study(spec: SweepSpec, storage, run, log) -> tuple | None:
     """The sweep's study name in ``storage``, claimed (a taken name is refused); recorded on the parent run."""
     if storage is None:
         return None
-    from anomaly_ae.study_storage import StudyStorageError, claim_study_name, sweep_study_name
-    from anomaly_ae.tracking_server import redact
+    from anomaly_ae.tracking.study_storage import StudyStorageError, claim_study_name, sweep_study_name
+    from anomaly_ae.tracking.server import redact
 
     try:
         name = claim_study_name(storage, sweep_study_name(spec.experiment_name, run.run_id))
@@ -286,7 +286,7 @@ def claim_study(spec: SweepSpec, storage, run, log) -> tuple | None:
 
 def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
     """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
-    from anomaly_ae.references import fit_references
+    from sweeps.references import fit_references
 
     refs = fit_references(splits, spec.tnr_target, spec.objective)
     for ref in refs:

@@ -1,8 +1,8 @@
 import optuna
 import pytest
 
-from anomaly_ae.baselines import SEED_BASELINES, START_POINTS, baseline_configs, match_baseline
-from anomaly_ae.config import ConfigError, model_params, validate_config
+from search_spaces.baselines import SEED_BASELINES, START_POINTS, baseline_configs, match_baseline
+from anomaly_ae.detector.config import ConfigError, model_params, validate_config
 from anomaly_ae.models import list_models
 from search_spaces import SPACES, baseline_points, config_from_params, get_space
 
@@ -129,7 +129,7 @@ def test_epoch_length_in_samples_is_batch_independent(tiny_splits, batch_size, s
     """samples_per_epoch fixes the crops per epoch; 0 falls back to a full pass (here 100 crops)."""
     import torch
 
-    from anomaly_ae.training import build_trial, train_one_epoch
+    from anomaly_ae.detector.training import build_trial, train_one_epoch
 
     cfg = validate_config({"conv_ae.base_width": 8, "batch_size": batch_size, "samples_per_epoch": samples,
                            "optimizer": "adam"})
@@ -152,8 +152,8 @@ def test_quick_space_budget_is_in_samples():
 
 def test_the_parsers_literal_choices_are_the_librarys():
     import cli_parser
-    from anomaly_ae.scores import SCORE_TYPES
-    from anomaly_ae.thresholds import THRESHOLD_POLICIES
+    from anomaly_ae.detector.scores import SCORE_TYPES
+    from anomaly_ae.stats.thresholds import THRESHOLD_POLICIES
     from benchmarks.calibrate import CALIBRATION_CONFIGS
 
     assert cli_parser.POLICY_CHOICES == list(THRESHOLD_POLICIES)

@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from anomaly_ae.ensemble import combine, tail_surprise, val_scores_of
-from anomaly_ae.selection import site_summary
-from anomaly_ae.thresholds import select_threshold
+from anomaly_ae.detector.ensemble import val_scores_of
+from anomaly_ae.stats.combination import combine, tail_surprise
+from anomaly_ae.stats.selection import site_summary
+from anomaly_ae.stats.thresholds import select_threshold
 
 NORMALS = np.arange(1.0, 21.0)  # 1..20: the top tenth is (19, 20), its mean excess 0.5
 
@@ -71,7 +72,7 @@ def test_on_the_default_dataset_the_ensemble_keeps_its_members_site_tpr(tmp_path
     import torch
 
     from anomaly_ae.data import load_proliv, make_dataset, make_splits
-    from anomaly_ae.references import variant_scorer
+    from sweeps.references import variant_scorer
 
     make_dataset(tmp_path / "d", scale=0.2, seed=3)
     splits = make_splits(load_proliv(tmp_path / "d", cache_dir=tmp_path / "c"), 0.2)

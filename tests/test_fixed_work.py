@@ -7,7 +7,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 import run_search
-from anomaly_ae.fixed_work import data_key, fixed_work_key
+from trainables.fixed_work import data_key, fixed_work_key
 
 pytestmark = pytest.mark.integration
 

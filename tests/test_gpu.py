@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 import run_search
 import trainables.autoencoder as trainable_module
-from anomaly_ae.training import pick_device
+from anomaly_ae.detector.training import pick_device
 from services import tiny_sweep_args
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from anomaly_ae.thresholds import (
+from anomaly_ae.stats.thresholds import (
     matched_site_rank, matched_site_threshold, neyman_pearson_rank, site_threshold, spill_share_estimate,
 )
 

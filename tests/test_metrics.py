@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from anomaly_ae.metrics import (
+from anomaly_ae.stats.metrics import (
     auroc, average_precision, clopper_pearson, confusion_at, evaluation_report, partial_auroc, tpr_at_tnr,
 )
-from anomaly_ae.thresholds import (
+from anomaly_ae.stats.thresholds import (
     best_f1, midpoint, min_anomaly, neyman_pearson_rank, normal_quantile, select_threshold, tnr_target, tpr_target,
 )
 

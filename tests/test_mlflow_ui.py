@@ -10,7 +10,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 import run_search
-from anomaly_ae.tracking import runs_page
+from anomaly_ae.tracking.mlflow_runs import runs_page
 from services import REPO, free_port, start_mlflow_server, stop, tiny_sweep_args
 
 # slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)

@@ -118,7 +118,7 @@ def test_the_study_in_postgres_agrees_with_mlflow(pg_sweep):
 
 
 def test_a_sweep_never_appends_to_a_study_that_exists(pg_sweep):
-    from anomaly_ae.study_storage import StudyStorageError, claim_study_name, open_study_storage
+    from anomaly_ae.tracking.study_storage import StudyStorageError, claim_study_name, open_study_storage
 
     storage = open_study_storage(pg_sweep.storage_url)
     with pytest.raises(StudyStorageError, match="already exists"):

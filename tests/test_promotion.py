@@ -101,7 +101,7 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
 
     # predict --site recalibrates on a new window of site crops: the site rule on this detector's scores there.
     from anomaly_ae.data import load_site_pool
-    from anomaly_ae.thresholds import site_threshold
+    from anomaly_ae.stats.thresholds import site_threshold
 
     assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
                             "--images", str(images), "--out", str(csv), "--site", str(tiny_sweep.data / "site")]) == 0
@@ -194,7 +194,7 @@ def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):
 
 
 def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
-    from anomaly_ae.metrics import tnr_threshold
+    from anomaly_ae.stats.metrics import tnr_threshold
 
     client = MlflowClient(tiny_sweep.uri)
     frame = sweep_frame(client, find_parent_run(client, tiny_sweep.experiment))
@@ -209,7 +209,7 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert row["policy"] == "tnr_target" and row["own_policy"] == "min_anomaly"
     assert row["own_test_tpr"] == report["by_policy"]["min_anomaly"]["tpr"]
     # With a site pool the detector ships with the site threshold, and its version records the pool.
-    from anomaly_ae.thresholds import site_threshold
+    from anomaly_ae.stats.thresholds import site_threshold
 
     version = client.get_model_version_by_alias("itest-policy", "champion")
     parent = find_parent_run(client, tiny_sweep.experiment)
@@ -277,9 +277,9 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
 def test_promote_ships_the_matched_site_calibration_on_request(tiny_sweep, tmp_path):
     import torch
 
-    from anomaly_ae.checkpoints import load_trained
-    from anomaly_ae.thresholds import matched_site_threshold
-    from anomaly_ae.validation import score_images
+    from anomaly_ae.detector.checkpoints import load_trained
+    from anomaly_ae.stats.thresholds import matched_site_threshold
+    from anomaly_ae.detector.validation import score_images
 
     client = MlflowClient(tiny_sweep.uri)
     parent = find_parent_run(client, tiny_sweep.experiment)

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from anomaly_ae.losses import PerceptualDistance, PerceptualWeightsMissing, reconstruction_loss
-from anomaly_ae.scores import centred_max_score, compute_scores, smooth_max_score, ssim, topk_score
+from anomaly_ae.detector.losses import PerceptualDistance, PerceptualWeightsMissing, reconstruction_loss
+from anomaly_ae.detector.scores import centred_max_score, compute_scores, smooth_max_score, ssim, topk_score
 
 
 def test_ssim_identity_and_drop():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from analysis.fidelity import asha_rungs, rung_fidelity
-from anomaly_ae.nuisance import NUISANCE, perturb_nuisance
-from anomaly_ae.selection import choose_score, score_objective, selection_bias
+from anomaly_ae.detector.nuisance import NUISANCE, perturb_nuisance
+from anomaly_ae.stats.selection import choose_score, score_objective, selection_bias
 
 
 def m(tpr, pauroc=0.5, auroc=0.5, shift=None):
@@ -90,7 +90,7 @@ def test_rung_fidelity_by_hand():
 
 
 def test_references_score_on_the_sweep_splits(tiny_splits):
-    from anomaly_ae.references import fit_references
+    from sweeps.references import fit_references
 
     refs = {r.name: r for r in fit_references(tiny_splits, 0.95, "worst_of_shift")}
     assert set(refs) == {"pca16", "knn5"}
@@ -120,7 +120,7 @@ def test_benchmark_holds_every_sweep_to_the_best_baseline_of_any_sweep():
 
 
 def test_the_site_objectives_by_hand():
-    from anomaly_ae.selection import score_objective, tie_break
+    from anomaly_ae.stats.selection import score_objective, tie_break
 
     metrics = {"tpr_at_tnr": 0.9, "tpr_at_site": 0.2, "tpr_at_site_matched": 0.6, "val_margin": 1.0,
                "site_margin": 2.0, "site_matched_margin": 3.0}

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from anomaly_ae.drift import drift_check
-from anomaly_ae.metrics import operating_margin
-from anomaly_ae.selection import choose_score, score_objective, site_summary, tie_break
-from anomaly_ae.thresholds import min_site_pool_size, neyman_pearson_rank, site_rank, site_threshold
+from anomaly_ae.stats.drift import drift_check
+from anomaly_ae.stats.metrics import operating_margin
+from anomaly_ae.stats.selection import choose_score, score_objective, site_summary, tie_break
+from anomaly_ae.stats.thresholds import min_site_pool_size, neyman_pearson_rank, site_rank, site_threshold
 
 TNR, DELTA, BOUND = 0.95, 0.05, 0.05
 
@@ -133,7 +133,7 @@ def test_alarm_power_matches_the_binomial_test_it_models():
     """The alarm's power at a true TNR, against scipy's binomtest on simulated batches' flagged counts."""
     from scipy.stats import binomtest
 
-    from anomaly_ae.drift import alarm_power, detectable_tnr, exceedance_bound
+    from anomaly_ae.stats.drift import alarm_power, detectable_tnr, exceedance_bound
 
     rng = np.random.default_rng(2)
     n, share = 1000, 0.034

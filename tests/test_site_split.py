@@ -7,7 +7,7 @@ from scipy.stats import norm
 
 from anomaly_ae.data import DatasetError, SitePool
 from anomaly_ae.data.site import calibration_mask, read_review, review_rows, write_review
-from anomaly_ae.thresholds import site_rank, site_threshold
+from anomaly_ae.stats.thresholds import site_rank, site_threshold
 
 
 def pool_of(n: int, removed=(), bound: float = 0.05) -> SitePool:

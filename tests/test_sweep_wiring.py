@@ -23,7 +23,7 @@ def test_only_a_trial_asha_stopped_is_closed_as_stopped(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from anomaly_ae.tracking import SweepRun, TrialRun
+    from anomaly_ae.tracking.mlflow_runs import SweepRun, TrialRun
     from sweeps.tuning import SweepProgress
 
     sweep = SweepRun.create(f"sqlite:///{tmp_path / 'mlflow.db'}", "wiring", {"space": "quick"}, grace_s=5)

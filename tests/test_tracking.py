@@ -9,8 +9,8 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from anomaly_ae.checkpoints import MODEL_FILE
-from anomaly_ae.tracking import (
+from anomaly_ae.detector.checkpoints import MODEL_FILE
+from anomaly_ae.tracking.mlflow_runs import (
     SHARED_VIEW_TAG, RetryingWriter, SweepRun, TrackingUnavailable, TrialRun, metric_key, runs_page, trial_run_name,
 )
 from sweeps.tuning import CheckpointRetention
@@ -165,7 +165,7 @@ def test_finished_trials_lose_their_ray_checkpoint_and_keep_checkpoints_drops_we
 def test_the_registered_models_torch_pins_are_pyprojects():
     import tomllib
 
-    from anomaly_ae.tracking import torch_pins
+    from anomaly_ae.tracking.mlflow_runs import torch_pins
     from services import REPO
 
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import trainables.autoencoder as trainable_module
-from anomaly_ae.checkpoints import load_checkpoint
+from anomaly_ae.detector.checkpoints import load_checkpoint
 from trainables.autoencoder import train_autoencoder
 
 
@@ -49,7 +49,7 @@ def test_reports_every_epoch_with_stable_keys_and_checkpoint(reports, tiny_split
     assert len(payload["val_scores"]["site"]["topk"]) == len(tiny_splits.site_selection)
     # Both objectives are reported whichever judges the trial, and the site one is the spills' TPR at the
     # threshold the site rule fixes on the trial's own pool scores.
-    from anomaly_ae.thresholds import site_threshold
+    from anomaly_ae.stats.thresholds import site_threshold
 
     site = payload["val_scores"]["site"]["topk"]
     threshold = site_threshold(site, 0.95, tiny_splits.site_selection.max_spill_fraction, tiny_splits.site_selection.delta)
@@ -94,7 +94,7 @@ def test_diverging_trial_reports_worst_objective_and_ends_cleanly(reports, tiny_
 
 
 def test_bad_config_is_refused(reports, tiny_splits):
-    from anomaly_ae.config import ConfigError
+    from anomaly_ae.detector.config import ConfigError
     with pytest.raises(ConfigError, match="conv_ae.depthh"):
         train_autoencoder({"conv_ae.depthh": 2}, splits=tiny_splits)
 
@@ -116,7 +116,7 @@ def test_fan_out_judges_by_the_best_score_and_records_it(reports, tiny_splits):
 
 
 def test_seed_baseline_keeps_its_own_score_under_fan_out(reports, tiny_splits):
-    from anomaly_ae.baselines import SEED_BASELINES
+    from search_spaces.baselines import SEED_BASELINES
     from search_spaces import baseline_point
 
     config = {**baseline_point(SEED_BASELINES["seed000"]), "epochs": 1, "steps_per_epoch": 2,
@@ -141,8 +141,8 @@ def test_an_enqueued_trial_is_replayed_from_a_finished_run_unless_rerun(reports,
     (--rerun-baselines) it trains again."""
     from mlflow.tracking import MlflowClient
 
-    from anomaly_ae.fixed_work import data_key
-    from anomaly_ae.tracking import SweepRun
+    from trainables.fixed_work import data_key
+    from anomaly_ae.tracking.mlflow_runs import SweepRun
     from search_spaces import baseline_points
     from sweeps.spec import SweepSpec
     from sweeps.tuning import trainable_parameters

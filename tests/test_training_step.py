@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import anomaly_ae.training as training
-from anomaly_ae.config import validate_config
-from anomaly_ae.training import DivergedError, build_trial, train_one_epoch
+import anomaly_ae.detector.training as training
+from anomaly_ae.detector.config import validate_config
+from anomaly_ae.detector.training import DivergedError, build_trial, train_one_epoch
 
 PROJECT = Path(training.__file__).resolve().parent
 

@@ -3,7 +3,7 @@
 It validates the sampled config, trains the chosen variant, and after every
 ``eval_every`` epochs reports one dict with stable keys whose ``objective`` is
 the TNR-constrained TPR of the trial's score on the validation split.
-Each trial also writes one MLflow child run under the sweep's parent run (anomaly_ae.tracking),
+Each trial also writes one MLflow child run under the sweep's parent run (anomaly_ae.tracking.mlflow_runs),
 continued by trial id when Ray retries the trial on another node.
 """
 from __future__ import annotations
@@ -18,17 +18,17 @@ import numpy as np
 import torch
 from ray import tune
 
-from anomaly_ae.baselines import match_baseline
-from anomaly_ae.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
-from anomaly_ae.config import validate_config
+from search_spaces.baselines import match_baseline
+from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
+from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data import Splits
-from anomaly_ae.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
+from trainables.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
 from anomaly_ae.models import model_spec
-from anomaly_ae.plots import reconstruction_grid, roc_plot, score_histogram
-from anomaly_ae.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
-from anomaly_ae.tracking import Tracking, TrackingUnavailable, TrialRun, trial_run_name
-from anomaly_ae.training import DivergedError, build_trial, train_one_epoch
-from anomaly_ae.validation import SiteInput, evaluate, judge, nuisance_split, score_images
+from anomaly_ae.tracking.plots import reconstruction_grid, roc_plot, score_histogram
+from anomaly_ae.stats.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
+from anomaly_ae.tracking.mlflow_runs import Tracking, TrackingUnavailable, TrialRun, trial_run_name
+from anomaly_ae.detector.training import DivergedError, build_trial, train_one_epoch
+from anomaly_ae.detector.validation import SiteInput, evaluate, judge, nuisance_split, score_images
 from search_spaces import config_from_params
 
 # How long a trial being torn down (stopped by the scheduler) waits for its queued MLflow writes.
@@ -139,7 +139,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
                       data_key: str | None = None, reuse: bool = True) -> None:
     """Ray Tune function trainable. ``splits`` arrives through the object store.
 
-    ``data_key`` (anomaly_ae.fixed_work) makes an enqueued trial's run findable by later sweeps; with
+    ``data_key`` (trainables.fixed_work) makes an enqueued trial's run findable by later sweeps; with
     ``reuse``, an enqueued trial that a finished run in the store already trained is replayed from it.
     """
     if splits is None:
@@ -253,7 +253,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
             # Ray keeps what resume needs (weights, optimizer state, epoch), only the latest one.
             save_checkpoint(Path(tmp) / CHECKPOINT_FILE, {**payload, "best_objective": best}, with_optimizer=True)
             if epoch == last_epoch:
-                if keep_reports and start_epoch == 0:  # what a later sweep replays (anomaly_ae.fixed_work)
+                if keep_reports and start_epoch == 0:  # what a later sweep replays (trainables.fixed_work)
                     run.log_dict(reports, REPORTS_FILE)
                 # The scheduler may stop the trial inside this last report (ASHA does at
                 # max_t), so the run is closed first.

@@ -23,6 +23,7 @@ from anomaly_ae.data.errors import DatasetError
 from anomaly_ae.data.site import (
     DEFAULT_CALIBRATION_SHARE, Review, SitePool, carry_to_site, matching_lut, read_review,
 )
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_SIZE = (32, 48)  # (H, W): keeps the crops' wide ~30x48 aspect
@@ -144,8 +145,8 @@ def make_site_pool(images: np.ndarray, folder: Path, files: list[Path], review: 
     return SitePool(images, [p.name for p in files], key, str(folder), max_spill_fraction, delta, **reviewed)
 
 
-def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = 0.05,
-                   delta: float = 0.05, review=None) -> SitePool:
+def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fraction: float = SITE_SPILL_BOUND,
+                   delta: float = SITE_RISK, review=None) -> SitePool:
     """Decode a folder of unlabelled site crops (no cache: a new window is scored once); crops a
     ``review`` file marks as spills are left out."""
     folder = Path(folder)
@@ -155,7 +156,7 @@ def load_site_pool(folder, size: tuple[int, int] = DEFAULT_SIZE, max_spill_fract
 
 
 def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | None = None, site=None,
-                site_max_spill_fraction: float = 0.05, site_delta: float = 0.05,
+                site_max_spill_fraction: float = SITE_SPILL_BOUND, site_delta: float = SITE_RISK,
                 site_review=None) -> ProlivData:
     """Decode the folder at ``root`` to ``size`` (H, W), reusing the cache when content is unchanged.
 
@@ -236,7 +237,7 @@ class Splits:
     site_calibration: SitePool | None = None
     # The validation crops carried to the site's light and colour (anomaly_ae.data.site.carry_to_site):
     # the spills are what the site_matched objective counts against the site threshold; both feed the
-    # matched site calibration (anomaly_ae.thresholds.matched_site_threshold).
+    # matched site calibration (anomaly_ae.stats.thresholds.matched_site_threshold).
     val_spill_matched: np.ndarray | None = None
     val_normal_matched: np.ndarray | None = None
 

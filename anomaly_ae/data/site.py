@@ -1,7 +1,7 @@
 """The site pool: unlabelled crops from where the detector runs, its split into a part that chooses and a
 part that calibrates, and the review file a person fills to take confirmed spills out of it.
 
-Why two parts: the site rule (``anomaly_ae.thresholds.site_rank``) promises TNR >= target with risk
+Why two parts: the site rule (``anomaly_ae.stats.thresholds.site_rank``) promises TNR >= target with risk
 delta for a detector fixed *before* the pool is looked at. A sweep that keeps the detector whose pool
 threshold happens to sit lowest (the site objective rewards exactly that) has looked: with N candidates
 the promise holds only at about N * delta. So the pool is split by a hash of each crop's name, which
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_ae.data.errors import DatasetError
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 DEFAULT_CALIBRATION_SHARE = 0.5
 SPLIT_SEED = 0
@@ -40,8 +41,8 @@ class SitePool:
     names: list[str]
     content_hash: str
     root: str
-    stated_bound: float = 0.05
-    delta: float = 0.05
+    stated_bound: float = SITE_SPILL_BOUND
+    delta: float = SITE_RISK
     removed: tuple[str, ...] = ()
     review_file: str = ""
     reviewed_normals: int = 0

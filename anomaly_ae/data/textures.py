@@ -11,7 +11,7 @@ scikit-image (``gravel`` by default; ``brick``, ``grass``), with defects made of
   than the texture around it), which validation never shows. Site pool: 600 crops, 20 of them spills
   of all three kinds, unlabelled.
 
-None of the defects is made by ``anomaly_ae.synthetic_anomalies``: they are other photographs, soft
+None of the defects is made by ``anomaly_ae.detector.synthetic_anomalies``: they are other photographs, soft
 stains and lines, where the synthesis pastes batch content, plain colours and gains under hard masks.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Self-supervised classifier in the manner of CutPaste (Li et al., CVPR 2021), 3-way, from scratch.
 
 A small CNN learns to tell normal crops from two kinds of synthetic anomaly made of the crops
-themselves (``anomaly_ae.synthetic_anomalies``: the trial's recipe, by default a displaced copy of the
+themselves (``anomaly_ae.detector.synthetic_anomalies``: the trial's recipe, by default a displaced copy of the
 crop under a Perlin mask, and a thin coloured scar). The classifier is only the means: after each epoch
 a Gaussian is fitted in closed form to the features of train crops (Ledoit-Wolf shrinkage), and a crop
 scores by the Mahalanobis distance of its features to it (``mahalanobis``). Mean and precision are

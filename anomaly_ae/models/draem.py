@@ -3,10 +3,10 @@
 A reconstruction network (one of the harness's autoencoder backbones, without skip connections so that
 it cannot copy an anomaly through) learns to restore normal crops into which synthetic anomalies are
 pasted; a small U-Net takes the crop beside its reconstruction and outputs per-pixel anomaly logits,
-trained to segment what was pasted (``anomaly_ae.synthetic_anomalies``). It learns what "not normal"
+trained to segment what was pasted (``anomaly_ae.detector.synthetic_anomalies``). It learns what "not normal"
 looks like, so a defect smoother than its texture, which reconstructs well, is still seen.
 
-Scores: ``map_max`` and ``map_topk`` of the smoothed anomaly map (``anomaly_ae.scores``); the residual
+Scores: ``map_max`` and ``map_topk`` of the smoothed anomaly map (``anomaly_ae.detector.scores``); the residual
 scores of the reconstruction apply too.
 """
 from __future__ import annotations

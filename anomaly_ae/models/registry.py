@@ -53,7 +53,7 @@ class ModelSpec(NamedTuple):
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
-# Scores from the distance of a crop's latent to the train latents (anomaly_ae.latent_bank).
+# Scores from the distance of a crop's latent to the train latents (anomaly_ae.detector.latent_bank).
 LATENT_SCORES = ("latent_knn", "latent_hybrid")
 _SHAPE_ARGS = ("in_channels", "height", "width")
 TRAININGS = ("reconstruction", "synthetic_map", "synthetic_class")

@@ -2,7 +2,7 @@
 
 The registered model is logged as code (``detector_model.py``); its artifacts are the trial's
 ``model.pt`` (weights, config, preprocessing, validation score distributions; tensors and plain
-types only), or one ``memberN.pt`` per member of an ensemble (``anomaly_ae.ensemble``), and ``detector.json`` (the score type, the threshold, the decode size, and the
+types only), or one ``memberN.pt`` per member of an ensemble (``anomaly_ae.detector.ensemble``), and ``detector.json`` (the score type, the threshold, the decode size, and the
 calibration scores the threshold was fixed on: the site pool's, or the validation normals'). ``predict``
 takes uint8 crops (N, H, W, 3) at the decode size and returns one row per crop.
 """
@@ -17,18 +17,21 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anomaly_ae.detector.evaluation import calibration_record
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
+
 DETECTOR_FILE = "detector.json"
 
 
 class ProlivDetector(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from anomaly_ae.checkpoints import load_checkpoint, load_trained
+        from anomaly_ae.detector.checkpoints import load_checkpoint, load_trained
 
         self.detector = json.loads(Path(context.artifacts["detector"]).read_text())
         members = sorted((k for k in context.artifacts if k.startswith("member")), key=lambda k: int(k[6:]))
         self.ensemble = None
         if members:
-            from anomaly_ae.ensemble import Ensemble, val_scores_of
+            from anomaly_ae.detector.ensemble import Ensemble, val_scores_of
 
             payloads = [load_checkpoint(context.artifacts[k]) for k in members]
             self.ensemble = Ensemble(payloads)
@@ -39,30 +42,29 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
             self.val_scores = payload["val_scores"]
             self.state = load_trained(payload)
         # Detectors registered before site calibration were fixed on validation normals.
-        self.detector.setdefault("calibration", {
-            "source": "validation", "scores": self.val_scores["normal"][self.detector["score"]].tolist()})
+        self.detector.setdefault("calibration", calibration_record(self.val_scores["normal"][self.detector["score"]]))
 
     def use_policy(self, policy: str) -> None:
         """Refix the threshold on the stored validation scores with another policy."""
-        from anomaly_ae.thresholds import select_threshold
+        from anomaly_ae.stats.thresholds import select_threshold
 
         score = self.detector["score"]
         normal, spill = self.val_scores["normal"][score], self.val_scores["spill"][score]
         self.detector = {**self.detector, "policy": policy, "threshold": select_threshold(
             policy, normal, spill, self.detector["tnr_target"]),
-            "calibration": {"source": "validation", "scores": normal.tolist()}}
+            "calibration": calibration_record(normal)}
 
     def calibrate_on_site(self, pool) -> None:
         """Refix the threshold by the site rule on a new window of site crops (a ``SitePool``)."""
-        from anomaly_ae.thresholds import site_threshold
+        from anomaly_ae.stats.thresholds import site_threshold
 
         scores = self.score(pool.images)
         threshold = site_threshold(scores, self.detector["tnr_target"], pool.max_spill_fraction, pool.delta)
         self.detector = {**self.detector, "policy": "site", "threshold": threshold,
-                         "calibration": {"source": "site", "scores": scores.tolist(), **pool.describe()}}
+                         "calibration": calibration_record(scores, pool.describe())}
 
     def score(self, images) -> np.ndarray:
-        from anomaly_ae.validation import score_images
+        from anomaly_ae.detector.validation import score_images
 
         images = np.asarray(images, dtype=np.uint8)
         if images.ndim != 4 or images.shape[-1] != 3:
@@ -74,11 +76,11 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         return scores[self.detector["score"]]
 
     def drift(self, scores: np.ndarray, max_spill_fraction: float | None = None, level: float | None = None) -> dict:
-        """The drift alarm for a batch of this detector's scores (``anomaly_ae.drift``)."""
-        from anomaly_ae.drift import ALARM_LEVEL, drift_check
+        """The drift alarm for a batch of this detector's scores (``anomaly_ae.stats.drift``)."""
+        from anomaly_ae.stats.drift import ALARM_LEVEL, drift_check
 
         cal = self.detector["calibration"]
-        bound = float(cal.get("site_max_spill_fraction", 0.05)) if max_spill_fraction is None else max_spill_fraction
+        bound = float(cal.get("site_max_spill_fraction", SITE_SPILL_BOUND)) if max_spill_fraction is None else max_spill_fraction
         return drift_check(scores, cal["scores"], self.detector["threshold"], self.detector["tnr_target"], bound,
                            ALARM_LEVEL if level is None else level)
 
@@ -121,7 +123,7 @@ def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path,
 
     from mlflow.tracking import MlflowClient
 
-    from anomaly_ae.tracking import log_prediction
+    from anomaly_ae.tracking.mlflow_runs import log_prediction
 
     if site is not None and threshold_policy:
         raise PredictionError("--site and --threshold-policy both refix the threshold; give one")
@@ -141,8 +143,8 @@ def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path,
         from anomaly_ae.data import load_site_pool
 
         pool = load_site_pool(site, tuple(detector_model.detector["decode_size"]),
-                              0.05 if site_max_spill_fraction is None else site_max_spill_fraction,
-                              0.05 if site_delta is None else site_delta, site_review)
+                              SITE_SPILL_BOUND if site_max_spill_fraction is None else site_max_spill_fraction,
+                              SITE_RISK if site_delta is None else site_delta, site_review)
         detector_model.calibrate_on_site(pool)
         recalibrated_on = {"crops": len(pool), "delta": pool.delta, "max_spill_fraction": pool.max_spill_fraction}
     detector = detector_model.detector

@@ -11,7 +11,12 @@ from typing import Callable
 import numpy as np
 from scipy.stats import beta, binom
 
-from anomaly_ae.metrics import _as_scores, tnr_threshold
+from anomaly_ae.stats.metrics import TNR_TARGET, as_scores, tnr_threshold
+
+# The site rule's stated defaults: at most this share of the pool are spills, and the promise breaks
+# with probability at most SITE_RISK.
+SITE_SPILL_BOUND = 0.05
+SITE_RISK = 0.05
 
 ThresholdPolicy = Callable[..., float]
 
@@ -20,15 +25,15 @@ class SitePoolTooSmall(ValueError):
     """The site pool has too few crops for the site rule at the stated target, bound and risk."""
 
 
-def tnr_target(normal_scores, anomaly_scores, tnr: float = 0.95) -> float:
+def tnr_target(normal_scores, anomaly_scores, tnr: float = TNR_TARGET) -> float:
     """Seed 002: the threshold of max TPR subject to TNR >= tnr."""
     return tnr_threshold(normal_scores, tnr)
 
 
 def midpoint(normal_scores, anomaly_scores) -> float:
     """Seed 003: halfway between the class means."""
-    return float((np.mean(_as_scores(normal_scores, "normal_scores"))
-                  + np.mean(_as_scores(anomaly_scores, "anomaly_scores"))) / 2)
+    return float((np.mean(as_scores(normal_scores, "normal_scores"))
+                  + np.mean(as_scores(anomaly_scores, "anomaly_scores"))) / 2)
 
 
 def _candidate_thresholds(normals: np.ndarray, anomalies: np.ndarray) -> np.ndarray:
@@ -40,8 +45,8 @@ def _candidate_thresholds(normals: np.ndarray, anomalies: np.ndarray) -> np.ndar
 
 def best_f1(normal_scores, anomaly_scores) -> float:
     """Seed 004: the threshold with the best F1 on the spills (ties: the lowest)."""
-    normals = _as_scores(normal_scores, "normal_scores")
-    anomalies = _as_scores(anomaly_scores, "anomaly_scores")
+    normals = as_scores(normal_scores, "normal_scores")
+    anomalies = as_scores(anomaly_scores, "anomaly_scores")
     candidates = _candidate_thresholds(normals, anomalies)
     tp = (anomalies[None, :] > candidates[:, None]).sum(1)
     fp = (normals[None, :] > candidates[:, None]).sum(1)
@@ -52,7 +57,7 @@ def best_f1(normal_scores, anomaly_scores) -> float:
 
 def tpr_target(normal_scores, anomaly_scores, tpr: float = 0.95) -> float:
     """Seed 004: the highest threshold that still keeps TPR >= tpr (best TNR at that TPR)."""
-    anomalies = np.sort(_as_scores(anomaly_scores, "anomaly_scores"))
+    anomalies = np.sort(as_scores(anomaly_scores, "anomaly_scores"))
     need = int(math.ceil(tpr * anomalies.size - 1e-9))
     if need == 0:
         return float(anomalies[-1])
@@ -62,7 +67,7 @@ def tpr_target(normal_scores, anomaly_scores, tpr: float = 0.95) -> float:
 
 def min_anomaly(normal_scores, anomaly_scores) -> float:
     """Seed 001: just below the lowest spill score, so every validation spill is flagged."""
-    return float(np.nextafter(np.min(_as_scores(anomaly_scores, "anomaly_scores")), -np.inf))
+    return float(np.nextafter(np.min(as_scores(anomaly_scores, "anomaly_scores")), -np.inf))
 
 
 def neyman_pearson_rank(n_normals: int, alpha: float = 0.05, delta: float = 0.05) -> int:
@@ -85,11 +90,11 @@ def neyman_pearson_rank(n_normals: int, alpha: float = 0.05, delta: float = 0.05
 
 def normal_quantile(normal_scores, anomaly_scores=None, alpha: float = 0.05, delta: float = 0.05) -> float:
     """Neyman-Pearson order-statistic rule: FPR <= alpha with probability >= 1 - delta, normals only."""
-    normals = np.sort(_as_scores(normal_scores, "normal_scores"))
+    normals = np.sort(as_scores(normal_scores, "normal_scores"))
     return float(normals[neyman_pearson_rank(normals.size, alpha, delta) - 1])
 
 
-def site_rank(n_pool: int, tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05) -> int:
+def site_rank(n_pool: int, tnr: float = TNR_TARGET, max_spill_fraction: float = SITE_SPILL_BOUND, delta: float = SITE_RISK) -> int:
     """Smallest rank k whose order statistic of an unlabelled pool keeps P(TNR < tnr) <= delta.
 
     The pool holds n crops, of which s <= m = floor(max_spill_fraction * n) are spills with any
@@ -141,7 +146,7 @@ def _site_rank_or_none(n_pool: int, tnr: float, max_spill_fraction: float, delta
     return lo
 
 
-def min_site_pool_size(tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05,
+def min_site_pool_size(tnr: float = TNR_TARGET, max_spill_fraction: float = SITE_SPILL_BOUND, delta: float = SITE_RISK,
                        limit: int = 10_000_000) -> int:
     """The fewest pool crops for which ``site_rank`` exists (the first of a run of feasible sizes)."""
     def feasible(n):
@@ -166,9 +171,9 @@ def min_site_pool_size(tnr: float = 0.95, max_spill_fraction: float = 0.05, delt
     return hi
 
 
-def site_threshold(site_scores, tnr: float = 0.95, max_spill_fraction: float = 0.05, delta: float = 0.05) -> float:
+def site_threshold(site_scores, tnr: float = TNR_TARGET, max_spill_fraction: float = SITE_SPILL_BOUND, delta: float = SITE_RISK) -> float:
     """The threshold fixed on an unlabelled site pool: TNR >= tnr on site normals w.p. >= 1 - delta."""
-    scores = np.sort(_as_scores(site_scores, "site_scores"))
+    scores = np.sort(as_scores(site_scores, "site_scores"))
     return float(scores[site_rank(scores.size, tnr, max_spill_fraction, delta) - 1])
 
 
@@ -193,8 +198,8 @@ def spill_share_estimate(site_scores, matched_normal_scores) -> float:
     return float(max(0.0, 1.0 - np.mean(pool <= t) / np.mean(normals <= t)))
 
 
-def matched_site_rank(n_pool: int, spills: int, spill_below: float, tnr: float = 0.95,
-                      delta: float = 0.05) -> int:
+def matched_site_rank(n_pool: int, spills: int, spill_below: float, tnr: float = TNR_TARGET,
+                      delta: float = SITE_RISK) -> int:
     """The site rule's rank when the pool holds ``spills`` spills of which each scores below the threshold
     with probability at most ``spill_below``.
 
@@ -207,8 +212,8 @@ def matched_site_rank(n_pool: int, spills: int, spill_below: float, tnr: float =
     return neyman_pearson_rank(n_pool - spills, 1.0 - tnr, delta / 2) + below
 
 
-def matched_site_threshold(site_scores, matched_normal_scores, matched_spill_scores, tnr: float = 0.95,
-                           max_spill_fraction: float = 0.05, delta: float = 0.05) -> tuple[float, dict]:
+def matched_site_threshold(site_scores, matched_normal_scores, matched_spill_scores, tnr: float = TNR_TARGET,
+                           max_spill_fraction: float = SITE_SPILL_BOUND, delta: float = SITE_RISK) -> tuple[float, dict]:
     """The site threshold that also uses where spills score and how many the pool holds.
 
     Assumptions (the distribution-free ``site_threshold`` makes neither): the site's spills score no lower
@@ -218,8 +223,8 @@ def matched_site_threshold(site_scores, matched_normal_scores, matched_spill_sco
     the share of spills below is the Clopper-Pearson upper bound (at delta/2) of the carried spills at or below
     the distribution-free threshold, and the rank never exceeds the distribution-free one. Returns the
     threshold and what it was built from."""
-    pool = np.sort(_as_scores(site_scores, "site_scores"))
-    spills_carried = _as_scores(matched_spill_scores, "matched_spill_scores")
+    pool = np.sort(as_scores(site_scores, "site_scores"))
+    spills_carried = as_scores(matched_spill_scores, "matched_spill_scores")
     n = pool.size
     free_rank = site_rank(n, tnr, max_spill_fraction, delta)
     share = min(spill_share_estimate(pool, matched_normal_scores), max_spill_fraction)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from anomaly_ae.scores import gaussian_blur
+from anomaly_ae.detector.scores import gaussian_blur
 
 SYNTHETIC_MASKS = ("perlin", "blob", "scar")
 SYNTHETIC_FILLS = ("crop", "colour", "brightness", "blur", "shift", "mixed")

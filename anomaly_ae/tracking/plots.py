@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from anomaly_ae.metrics import roc_curve_points  # noqa: E402
+from anomaly_ae.stats.metrics import roc_curve_points  # noqa: E402
 
 
 def save(fig, path) -> str:

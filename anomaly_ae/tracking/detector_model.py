@@ -4,6 +4,6 @@ Nothing is pickled: the weights and score distributions load from a tensors-only
 """
 from mlflow.models import set_model
 
-from anomaly_ae.serving import ProlivDetector
+from anomaly_ae.tracking.serving import ProlivDetector
 
 set_model(ProlivDetector())

@@ -1,6 +1,6 @@
 """The five seed write-ups' stated configurations, as data.
 
-Each is a trial config (see ``anomaly_ae.config``). Where a write-up left a value
+Each is a trial config (see ``anomaly_ae.detector.config``). Where a write-up left a value
 unstated, the comment says what we chose. Sweeps enqueue these as Optuna
 ``points_to_evaluate`` so that every leaderboard shows them on the same data.
 """
@@ -61,7 +61,7 @@ SEED_BASELINES: dict[str, dict] = {
 
 NEEDS_PERCEPTUAL_WEIGHTS = {"seed004"}
 
-# The classical references (anomaly_ae.references: pca16, knn5) as trial configs. Sweeps enqueue them
+# The classical references (sweeps.references: pca16, knn5) as trial configs. Sweeps enqueue them
 # beside the seed baselines, so that TPE starts from their regions too, a sweep is never worse than
 # either on validation, and a reference that wins is a trial that promote can ship.
 PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height": 32, "image_width": 48,
@@ -69,7 +69,7 @@ PCA_REFERENCE = {"variant": "pca_ae", "pca_ae.n_components": 16, "image_height":
 KNN_REFERENCE = {"variant": "knn", "knn.k": 5, "knn.pool": 2, "knn.pca_dim": 0, "knn.metric": "l2",
                  "image_height": 32, "image_width": 48, "normalisation": "none", "score": "knn_mean",
                  "threshold_policy": "tnr_target"}
-# The two families that learn from synthetic anomalies (anomaly_ae.synthetic_anomalies), at their
+# The two families that learn from synthetic anomalies (anomaly_ae.detector.synthetic_anomalies), at their
 # defaults: each crop standardised by itself (a light change moves nothing) and soft-edged masks. A
 # sweep tries them whatever TPE draws first, since they start slower than the pixel families.
 SYNTHETIC_START = {"image_height": 32, "image_width": 48, "normalisation": "per_crop", "batch_size": 32,
@@ -97,7 +97,7 @@ _BUDGET_KEYS = ("epochs", "steps_per_epoch", "samples_per_epoch", "seed", "basel
 
 def canonical(cfg: dict) -> dict:
     """Validated config with every model and score default filled in, budget keys dropped."""
-    from anomaly_ae.config import SCORE_PARAM_RANGES, score_params, validate_config
+    from anomaly_ae.detector.config import SCORE_PARAM_RANGES, score_params, validate_config
     from anomaly_ae.models import model_spec
 
     full = validate_config(cfg)
@@ -124,7 +124,7 @@ def is_seed_baseline(name: str) -> bool:
 
 def match_baseline(cfg: dict, perceptual_available: bool = True) -> str | None:
     """The seed baseline or start point this config reproduces (budget aside), or None."""
-    from anomaly_ae.config import ConfigError
+    from anomaly_ae.detector.config import ConfigError
 
     mine = canonical(cfg)
     for name, base in startup_configs(perceptual_available).items():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from anomaly_ae.scores import gaussian_blur
+from anomaly_ae.detector.scores import gaussian_blur
 
 NUISANCE = {"gain": 0.10, "contrast": 0.10, "colour": 0.03, "blur_sigma_max": 1.0, "shift_px": 2.0}
 

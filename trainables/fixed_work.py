@@ -38,7 +38,7 @@ def find_reusable_run(client, key: str) -> tuple[str, list[dict]] | None:
     reports: ``(run_id, reports)``, or None."""
     from mlflow.entities import ViewType
 
-    from anomaly_ae.checkpoints import MODEL_FILE
+    from anomaly_ae.detector.checkpoints import MODEL_FILE
 
     experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     if not experiments:

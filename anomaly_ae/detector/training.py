@@ -1,6 +1,6 @@
 """The training loop of one autoencoder from a validated config: seeding, model and optimizer, an
 epoch of gradient steps (or a closed-form fit), the latent bank. No Ray here; validation is in
-anomaly_ae.validation, preprocessing and augmentation in anomaly_ae.augmentation.
+anomaly_ae.detector.validation, preprocessing and augmentation in anomaly_ae.detector.augmentation.
 
 Images live on the device as uint8 (N, H, W, 3) tensors; every batch is cast,
 resized, augmented and normalised on the device, so a GPU trial never waits on
@@ -19,15 +19,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anomaly_ae.augmentation import Preprocess, augment, corrupt_with_spills
-from anomaly_ae.config import model_params
-from anomaly_ae.latent_bank import LatentBank, bank_indices, fit_bank
-from anomaly_ae.losses import PerceptualDistance, focal_loss, kl_loss, reconstruction_loss
+from anomaly_ae.detector.augmentation import Preprocess, augment, corrupt_with_spills
+from anomaly_ae.detector.config import model_params
+from anomaly_ae.detector.latent_bank import LatentBank, bank_indices, fit_bank
+from anomaly_ae.detector.losses import PerceptualDistance, focal_loss, kl_loss, reconstruction_loss
 from anomaly_ae.models import build_model, model_spec
 from anomaly_ae.models.vae import kl_beta_of
 from anomaly_ae.models.registry import LATENT_SCORES
-from anomaly_ae.scores import mse_score
-from anomaly_ae.synthetic_anomalies import AnomalyRecipe, synthesize
+from anomaly_ae.detector.scores import mse_score
+from anomaly_ae.detector.synthetic_anomalies import AnomalyRecipe, synthesize
 
 
 class DivergedError(RuntimeError):
@@ -201,7 +201,7 @@ def refresh_density(state: TrialState, cfg: dict, train_u8: torch.Tensor, batch_
 
 @torch.inference_mode()
 def refresh_latent_bank(state: TrialState, cfg: dict, train_u8: torch.Tensor, batch_size: int = 512) -> None:
-    """Encode the bank and scale crops with the model as it is now (anomaly_ae.latent_bank)."""
+    """Encode the bank and scale crops with the model as it is now (anomaly_ae.detector.latent_bank)."""
     if LATENT_SCORES[0] not in model_spec(cfg["variant"]).extra_scores:
         return
     tick = time.perf_counter()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anomaly_ae.neighbours import knn_distances
+from anomaly_ae.models.neighbours import knn_distances
 
 LATENT_BANK_SIZE = 1024
 LATENT_SCALE_SIZE = 256

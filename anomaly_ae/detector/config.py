@@ -9,12 +9,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from anomaly_ae.losses import LOSS_TYPES, PERCEPTUAL_WEIGHT_FILES
+from anomaly_ae.detector.losses import LOSS_TYPES, PERCEPTUAL_WEIGHT_FILES
 from anomaly_ae.models import list_models, model_spec
-from anomaly_ae.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
-from anomaly_ae.selection import OBJECTIVES, SCORE_SELECTIONS
-from anomaly_ae.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
-from anomaly_ae.thresholds import THRESHOLD_POLICIES
+from anomaly_ae.detector.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
+from anomaly_ae.stats.metrics import TNR_TARGET
+from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE, OBJECTIVES, SCORE_SELECTIONS
+from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
+from anomaly_ae.stats.thresholds import THRESHOLD_POLICIES
 
 NORMALISATIONS = ("none", "dataset", "minus_one_one", "per_crop")
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -91,7 +92,7 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "contrast_jitter": (0.0, _float(0.0, 0.5)),
     "colour_jitter": (0.0, _float(0.0, 0.2)),
     "corruption_prob": (0.0, _float(0.0, 1.0)),
-    # synthetic anomalies, for the variants that learn from them (anomaly_ae.synthetic_anomalies)
+    # synthetic anomalies, for the variants that learn from them (anomaly_ae.detector.synthetic_anomalies)
     "synthetic_mask": ("perlin", _choice(*SYNTHETIC_MASKS)),
     "synthetic_fill": ("mixed", _choice(*SYNTHETIC_FILLS)),
     "synthetic_area_min": (0.02, _float(0.0, 1.0, lo_open=True)),
@@ -108,10 +109,10 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     # score and threshold
     "score": ("mse", _choice(*SCORE_TYPES)),
     "threshold_policy": ("tnr_target", _choice(*THRESHOLD_POLICIES)),
-    "tnr_target": (0.95, _float(0.5, 1.0)),
+    "tnr_target": (TNR_TARGET, _float(0.5, 1.0)),
     # fixed: judged by `score`; best: by the best of every score of the same forward pass (fan-out)
     "score_selection": ("fixed", _choice(*SCORE_SELECTIONS)),
-    "objective": ("clean", _choice(*OBJECTIVES)),
+    "objective": (DEFAULT_OBJECTIVE, _choice(*OBJECTIVES)),
     # optimisation
     "optimizer": ("adam", _choice(*OPTIMIZERS)),
     "lr": (1e-3, _float(1e-7, 1.0, lo_open=True)),
@@ -210,7 +211,7 @@ def validate_config(raw: dict) -> dict:
     if givers and cfg["score"] not in spec.extra_scores:
         raise ConfigError(f"score: {cfg['score']!r} comes from {', '.join(givers)}, and {variant!r} does not give it")
     if cfg["score"] == "perceptual" or cfg["loss"] == "mse_perceptual":
-        from anomaly_ae.losses import PerceptualWeightsMissing, find_perceptual_weights
+        from anomaly_ae.detector.losses import PerceptualWeightsMissing, find_perceptual_weights
         try:
             find_perceptual_weights(cfg["perceptual_backbone"], cfg["perceptual_weights"])
         except PerceptualWeightsMissing as exc:

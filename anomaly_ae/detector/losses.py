@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anomaly_ae.scores import kl_divergence, ssim
+from anomaly_ae.detector.scores import kl_divergence, ssim
 
 LOSS_TYPES = ("mse", "l1", "ssim", "l1_ssim", "mse_ssim", "mse_perceptual")
 

@@ -18,11 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from anomaly_ae.baselines import KNN_REFERENCE, PCA_REFERENCE
-from anomaly_ae.config import validate_config
-from anomaly_ae.selection import score_objective
-from anomaly_ae.training import build_trial, fit_closed_form
-from anomaly_ae.validation import SiteInput, nuisance_split, score_images, score_summary, site_metrics
+from search_spaces.baselines import KNN_REFERENCE, PCA_REFERENCE
+from anomaly_ae.detector.config import validate_config
+from anomaly_ae.stats.selection import score_objective
+from anomaly_ae.detector.training import build_trial, fit_closed_form
+from anomaly_ae.detector.validation import SiteInput, nuisance_split, score_images, score_summary, site_metrics
+from anomaly_ae.stats.metrics import TNR_TARGET
+from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE
 
 REFERENCES = {"pca16": (PCA_REFERENCE, "PCA, 16 components, RGB 32x48, MSE"),
               "knn5": (KNN_REFERENCE, "kNN distance, k=5, RGB pixels 32x48 pooled to 16x24")}
@@ -48,7 +50,7 @@ def variant_scorer(raw: dict, train_u8: torch.Tensor, tnr_target: float):
     return lambda u8: score_images(state, cfg, u8)[0][cfg["score"]]
 
 
-def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = "clean") -> Reference:
+def fit_reference(name: str, splits, tnr_target: float = TNR_TARGET, objective: str = DEFAULT_OBJECTIVE) -> Reference:
     """Fit one reference on the train split and score it on validation (and its nuisance copy)."""
     tick = time.perf_counter()
     train = torch.from_numpy(np.ascontiguousarray(splits.train))
@@ -72,5 +74,5 @@ def fit_reference(name: str, splits, tnr_target: float = 0.95, objective: str = 
                      time.perf_counter() - tick)
 
 
-def fit_references(splits, tnr_target: float = 0.95, objective: str = "clean") -> list[Reference]:
+def fit_references(splits, tnr_target: float = TNR_TARGET, objective: str = DEFAULT_OBJECTIVE) -> list[Reference]:
     return [fit_reference(name, splits, tnr_target, objective) for name in REFERENCE_NAMES]

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from anomaly_ae.config import score_params
-from anomaly_ae.metrics import detection_summary, operating_margin
+from anomaly_ae.detector.config import score_params
+from anomaly_ae.stats.metrics import detection_summary, operating_margin
 from anomaly_ae.models import model_spec
 from anomaly_ae.models.registry import LATENT_SCORES
-from anomaly_ae.nuisance import perturb_nuisance
-from anomaly_ae.scores import RESIDUAL_SCORES, compute_scores
-from anomaly_ae.selection import choose_score, score_objective, selection_bias, site_summary
-from anomaly_ae.training import TrialState, build_trial, model_input, needs_perceptual, train_one_epoch
+from anomaly_ae.detector.nuisance import perturb_nuisance
+from anomaly_ae.detector.scores import RESIDUAL_SCORES, compute_scores
+from anomaly_ae.stats.selection import choose_score, score_objective, selection_bias, site_summary
+from anomaly_ae.detector.training import TrialState, build_trial, model_input, needs_perceptual, train_one_epoch
+from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 
 def score_types_for(cfg: dict) -> list[str]:
@@ -66,8 +67,8 @@ class SiteInput:
     bound, and the validation spills carried to the site (for the site_matched objective)."""
 
     images: torch.Tensor
-    max_spill_fraction: float = 0.05
-    delta: float = 0.05
+    max_spill_fraction: float = SITE_SPILL_BOUND
+    delta: float = SITE_RISK
     matched_spills: torch.Tensor | None = None
 
     @classmethod

@@ -2,7 +2,7 @@
 
 Each score maps (inputs, reconstructions) of shape (B, C, H, W) to one value per
 crop, higher meaning more anomalous. A distance detector's scores read its neighbour
-distances instead; the latent-distance scores live in ``anomaly_ae.latent_bank``. All of them are computed from the same
+distances instead; the latent-distance scores live in ``anomaly_ae.detector.latent_bank``. All of them are computed from the same
 forward pass, so a trial can report every score's metrics at no extra training.
 """
 from __future__ import annotations

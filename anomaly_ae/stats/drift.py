@@ -23,16 +23,17 @@ import math
 import numpy as np
 from scipy.stats import binom, binomtest
 
-from anomaly_ae.metrics import _as_scores
+from anomaly_ae.stats.metrics import as_scores
+from anomaly_ae.stats.thresholds import SITE_SPILL_BOUND
 
 ALARM_LEVEL = 0.01
 
 
 def drift_check(batch_scores, calibration_scores, threshold: float, tnr_target: float,
-                max_spill_fraction: float = 0.05, level: float = ALARM_LEVEL) -> dict:
+                max_spill_fraction: float = SITE_SPILL_BOUND, level: float = ALARM_LEVEL) -> dict:
     """Exceedance and shift tests of a batch against the calibration scores; ``alarm`` is the first."""
-    batch = _as_scores(batch_scores, "batch_scores")
-    calibration = _as_scores(calibration_scores, "calibration_scores")
+    batch = as_scores(batch_scores, "batch_scores")
+    calibration = as_scores(calibration_scores, "calibration_scores")
     if not 0.0 <= max_spill_fraction < 1.0:
         raise ValueError(f"max_spill_fraction must be in [0, 1), got {max_spill_fraction}")
     flagged = int(np.sum(batch > threshold))

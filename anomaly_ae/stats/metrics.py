@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import beta as beta_dist
 
+# The TNR every operating point is held to unless told otherwise.
+TNR_TARGET = 0.95
 
-def _as_scores(values, name: str) -> np.ndarray:
+
+def as_scores(values, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size == 0:
         raise ValueError(f"{name} is empty")
@@ -29,20 +32,20 @@ def min_normals_kept(n_normals: int, tnr: float) -> int:
     return int(math.ceil(tnr * n_normals - 1e-9))
 
 
-def tnr_threshold(normal_scores, tnr: float = 0.95) -> float:
+def tnr_threshold(normal_scores, tnr: float = TNR_TARGET) -> float:
     """The lowest threshold that keeps TNR >= tnr on these normals (ties included)."""
-    normals = np.sort(_as_scores(normal_scores, "normal_scores"))
+    normals = np.sort(as_scores(normal_scores, "normal_scores"))
     k = min_normals_kept(normals.size, tnr)
     return -math.inf if k == 0 else float(normals[k - 1])
 
 
-def tpr_at_tnr(normal_scores, anomaly_scores, tnr: float = 0.95) -> tuple[float, float]:
+def tpr_at_tnr(normal_scores, anomaly_scores, tnr: float = TNR_TARGET) -> tuple[float, float]:
     """Best TPR among thresholds that keep TNR >= tnr; returns (tpr, threshold).
 
     TPR only falls as the threshold rises, so the best admissible threshold is the
     lowest one, which is the k-th smallest normal score with k = ceil(tnr * n).
     """
-    anomalies = _as_scores(anomaly_scores, "anomaly_scores")
+    anomalies = as_scores(anomaly_scores, "anomaly_scores")
     threshold = tnr_threshold(normal_scores, tnr)
     return float(np.mean(anomalies > threshold)), threshold
 
@@ -91,8 +94,8 @@ def roc_curve_points(normal_scores, anomaly_scores) -> tuple[np.ndarray, np.ndar
 
     A point at threshold t counts ``score >= t`` as positive, as scikit-learn does.
     """
-    normals = _as_scores(normal_scores, "normal_scores")
-    anomalies = _as_scores(anomaly_scores, "anomaly_scores")
+    normals = as_scores(normal_scores, "normal_scores")
+    anomalies = as_scores(anomaly_scores, "anomaly_scores")
     scores = np.concatenate([anomalies, normals])
     labels = np.concatenate([np.ones(anomalies.size), np.zeros(normals.size)])
     order = np.argsort(-scores, kind="mergesort")
@@ -140,15 +143,15 @@ def operating_margin(normal_scores, anomaly_scores, threshold: float, quantile: 
     separating detectors after their TPR has saturated at 1.0. Positive: that spill is flagged with room
     to spare; the larger, the further the threshold (or the spills) can move before TPR falls.
     """
-    normals = _as_scores(normal_scores, "normal_scores")
-    anomalies = _as_scores(anomaly_scores, "anomaly_scores")
+    normals = as_scores(normal_scores, "normal_scores")
+    anomalies = as_scores(anomaly_scores, "anomaly_scores")
     spread = threshold - float(np.median(normals))
     if not math.isfinite(threshold) or spread <= 0:
         return math.nan
     return float((np.quantile(anomalies, quantile) - threshold) / spread)
 
 
-def detection_summary(normal_scores, anomaly_scores, tnr: float = 0.95) -> dict:
+def detection_summary(normal_scores, anomaly_scores, tnr: float = TNR_TARGET) -> dict:
     """Every ranking metric the trainable reports for one score type."""
     tpr, threshold = tpr_at_tnr(normal_scores, anomaly_scores, tnr)
     return {

@@ -5,12 +5,21 @@ import numpy as np
 import torch
 
 from anomaly_ae.data import SitePool, Splits
-from anomaly_ae.metrics import evaluation_report, tpr_at_tnr
-from anomaly_ae.thresholds import (
+from anomaly_ae.stats.metrics import evaluation_report, tpr_at_tnr
+from anomaly_ae.stats.thresholds import (
     DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS, matched_site_threshold, select_threshold, site_threshold,
 )
-from anomaly_ae.training import TrialState
-from anomaly_ae.validation import score_images
+from anomaly_ae.detector.training import TrialState
+from anomaly_ae.detector.validation import score_images
+
+
+def calibration_record(scores, site_fields: dict | None = None) -> dict:
+    """What a shipped threshold was fixed on, as ``detector.json`` keeps it for the drift alarm: the
+    site pool's scores and its ``site_*`` description, or (``site_fields`` None) the validation normals'."""
+    scores = np.asarray(scores, dtype=float).tolist()
+    if site_fields is None:
+        return {"source": "validation", "scores": scores}
+    return {"source": "site", "scores": scores, **{k: v for k, v in site_fields.items() if k.startswith("site_")}}
 
 
 def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool, mode: str = DEFAULT_SITE_CALIBRATION,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from anomaly_ae.tracking_server import redact
+from anomaly_ae.tracking.server import redact
 
 SCHEMES = ("sqlite", "postgresql", "mysql")
 
