@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import sys
 import time
@@ -16,8 +17,23 @@ from cli_parser import build_parser
 from sweeps.spec import REPO, SpecError, SweepSpec, configure_environment, ensure_dataset
 
 
+# The project's packages report progress through module loggers; the CLI shows them as plain lines.
+PROJECT_LOGGERS = ("anomaly_ae", "search_spaces", "trainables", "sweeps", "analysis", "benchmarks")
+
+
 def say(line: str = "") -> None:
     print(line, flush=True)
+
+
+def attach_console() -> None:
+    """Show the project's INFO lines on stdout, bare, as the CLI's own output (the libraries' go to logs/)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def cmd_search(args) -> int:
@@ -25,7 +41,7 @@ def cmd_search(args) -> int:
 
     spec = SweepSpec.from_namespace(args)
     log_path = route_library_logs(REPO / "logs" / f"search-{spec.experiment_name}.log")
-    sweep = Sweep.resume(spec, say) if spec.resume else Sweep.create(spec, say)
+    sweep = Sweep.resume(spec) if spec.resume else Sweep.create(spec)
     outcome = sweep.run()
     if outcome.interrupted:
         say(f"\ninterrupted: {outcome.trials_recorded} trial(s) recorded, {outcome.runs_closed} run(s) marked "
@@ -138,7 +154,7 @@ def cmd_benchmark_search(args) -> int:
         return print_benchmark(summarize(client, bench, names, args.summarize.rsplit("-", 1)[-1]))
     if args.budget_s is None:
         raise SpecError("--budget-s: give the wall-clock seconds per sweep (or --summarize PREFIX)")
-    bench = dataclasses.replace(bench, data=ensure_dataset(args.data, log=say))
+    bench = dataclasses.replace(bench, data=ensure_dataset(args.data))
     say(f"benchmark-search: {bench.repeats} x {'/'.join(bench.samplers)} sweeps of {bench.budget_s:.0f}s on "
         f"{bench.data} (space {bench.space}); each sweep's output in {bench.log_dir}")
     return print_benchmark(benchmark_search(bench))
@@ -158,7 +174,7 @@ def cmd_benchmark(args) -> int:
     from benchmarks.throughput import benchmark, report_lines, timed_variants, write_tables
 
     variants = timed_variants(args.variants)
-    epochs, options, packing = benchmark(ensure_dataset(args.data, log=say), variants, args.batch_sizes, args.crops,
+    epochs, options, packing = benchmark(ensure_dataset(args.data), variants, args.batch_sizes, args.crops,
                                          args.repeats, args.loader_workers, args.sweep_samples)
     say("\n".join(report_lines(epochs, options, packing, write_tables(args.out, epochs, options, packing))))
     return 0
@@ -277,6 +293,7 @@ COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd
 
 def main(argv: list[str] | None = None) -> int:
     configure_environment()
+    attach_console()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["search", *argv]

@@ -11,6 +11,7 @@ config once as it is and once with each invariance option of the search space.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import torch
@@ -47,13 +48,15 @@ INVARIANCE_OPTIONS = {
     "shift 4px": {"shift_px": 4.0},
 }
 
+logger = logging.getLogger(__name__)
+
 
 def run_config(name: str, raw: dict, splits, epochs: int | None, also_scores=()) -> dict:
     cfg = validate_config({**raw, **({"epochs": epochs} if epochs else {})})
     tick = time.perf_counter()
 
     def progress(epoch, loss):
-        print(f"  {name} epoch {epoch}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)", flush=True)
+        logger.info(f"  {name} epoch {epoch}/{cfg['epochs']} loss {loss:.5f} ({time.perf_counter() - tick:.0f}s)")
 
     state, metrics, val_scores, _ = train_and_validate(cfg, splits, on_epoch=progress)
     seconds = round(time.perf_counter() - tick, 1)

@@ -7,6 +7,7 @@ exact search in torch, with the ratio to the smallest size measured in the same 
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import pandas as pd
@@ -17,11 +18,13 @@ from anomaly_ae.detector.config import validate_config
 from anomaly_ae.detector.training import build_trial, fit_closed_form
 from anomaly_ae.detector.validation import score_images
 
+logger = logging.getLogger(__name__)
+
 FEATURE_SPACES = {"pixels 16x24 (knn5)": {}, "PCA 64 of pixels 16x24": {"knn.pca_dim": 64}}
 
 
 def benchmark_knn(sizes=(10_000, 100_000), queries: int = 1000, height: int = 32, width: int = 48,
-                  seed: int = 0, log=print) -> pd.DataFrame:
+                  seed: int = 0) -> pd.DataFrame:
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for n in sizes:
@@ -40,8 +43,8 @@ def benchmark_knn(sizes=(10_000, 100_000), queries: int = 1000, height: int = 32
             rows.append({"train_crops": n, "features": space, "bank_dim": bank.shape[1],
                          "bank_mb": bank.numel() * bank.element_size() / 2**20, "fit_s": fit_s,
                          f"score_{queries}_s": score_s, "ms_per_crop": 1000 * score_s / queries})
-            log(f"  {n} crops, {space}: bank {rows[-1]['bank_mb']:.1f} MB, fit {fit_s:.1f}s, "
-                f"{queries} queries {score_s:.2f}s")
+            logger.info(f"  {n} crops, {space}: bank {rows[-1]['bank_mb']:.1f} MB, fit {fit_s:.1f}s, "
+                        f"{queries} queries {score_s:.2f}s")
     frame = pd.DataFrame(rows)
     first = frame.groupby("features")[f"score_{queries}_s"].transform("first")
     frame["score_vs_smallest"] = frame[f"score_{queries}_s"] / first

@@ -9,6 +9,7 @@ of its best trial, and one summary run with the table and the plot.
 """
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import sys
@@ -22,6 +23,8 @@ import pandas as pd
 
 from search_spaces.baselines import is_seed_baseline
 from sweeps.runs import find_parent_run, reference_frame, sweep_frame
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def add_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(baseline_bar=bar_baseline, beat_all=table["best_searched"].fillna(-math.inf) > bars)
 
 
-def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str, log) -> int:
+def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str) -> int:
     cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "run_search.py"), "search",
            "--data", str(bench.data), "--space", bench.space, "--time-budget-s", str(bench.budget_s),
            "--num-samples", "100000", "--max-concurrent", str(bench.max_concurrent), "--seed", str(seed),
@@ -95,7 +98,7 @@ def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str, lo
     tick = time.perf_counter()
     with open(Path(bench.log_dir) / f"{experiment}.out", "w") as out:
         code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode
-    log(f"  {experiment}: exit {code} in {time.perf_counter() - tick:.0f}s")
+    logger.info(f"  {experiment}: exit {code} in {time.perf_counter() - tick:.0f}s")
     return code
 
 
@@ -105,14 +108,14 @@ def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_n
 
     with tempfile.TemporaryDirectory() as tmp:
         result = promote(client, tracking_uri, experiment, trial=trial, force=True, model_name=model_name,
-                         config_out=Path(tmp) / "best.yaml", references=False, baselines=False, log=lambda *_: None)
+                         config_out=Path(tmp) / "best.yaml", references=False, baselines=False)
     r = result.promoted.report
     shipped = operating_report(r)  # the site threshold when the data has a site pool
     return {"test_tpr": shipped["tpr"], "test_tnr": shipped["tnr"], "test_auroc": r["auroc"],
             "val_threshold_test_tpr": r["tpr"], "val_threshold_test_tnr": r["tnr"]}
 
 
-def benchmark_search(bench: SearchBenchmark, log=print) -> pd.DataFrame:
+def benchmark_search(bench: SearchBenchmark) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(bench.tracking_uri)
@@ -122,14 +125,14 @@ def benchmark_search(bench: SearchBenchmark, log=print) -> pd.DataFrame:
     for seed in range(bench.repeats):
         for sampler in bench.samplers:
             experiment = f"{bench.prefix}-{stamp}-{sampler}-{seed}"
-            if run_one(bench, sampler, seed, experiment, log) != 0:
-                log(f"  {experiment} failed; see {Path(bench.log_dir) / (experiment + '.out')}")
+            if run_one(bench, sampler, seed, experiment) != 0:
+                logger.info(f"  {experiment} failed; see {Path(bench.log_dir) / (experiment + '.out')}")
                 continue
             experiments.append(experiment)
-    return summarize(client, bench, experiments, stamp, log)
+    return summarize(client, bench, experiments, stamp)
 
 
-def summarize(client, bench: SearchBenchmark, experiments: list[str], stamp: str, log=print) -> pd.DataFrame:
+def summarize(client, bench: SearchBenchmark, experiments: list[str], stamp: str) -> pd.DataFrame:
     """One row per sweep (read from MLflow), its best searched trial tested once, the summary run logged."""
     rows = []
     for experiment in experiments:
@@ -138,10 +141,10 @@ def summarize(client, bench: SearchBenchmark, experiments: list[str], stamp: str
             row.update(test_figures(client, bench.tracking_uri, experiment, row["best_trial"],
                                     f"{bench.prefix}-{row['sampler']}"))
         rows.append(row)
-        log(f"    {row['sampler']} seed {row['seed']}: {row['trials']} trials, best searched {row['best_searched']:.4f} "
-            f"({row.get('best_variant', '-')}/{row.get('best_score', '-')}), best baseline in budget "
-            f"{row['best_baseline']:.4f}, pca16 {row.get('pca16', math.nan):.4f}, "
-            f"test TPR {row.get('test_tpr', math.nan):.3f} TNR {row.get('test_tnr', math.nan):.3f}")
+        logger.info(f"    {row['sampler']} seed {row['seed']}: {row['trials']} trials, best searched {row['best_searched']:.4f} "
+                    f"({row.get('best_variant', '-')}/{row.get('best_score', '-')}), best baseline in budget "
+                    f"{row['best_baseline']:.4f}, pca16 {row.get('pca16', math.nan):.4f}, "
+                    f"test TPR {row.get('test_tpr', math.nan):.3f} TNR {row.get('test_tnr', math.nan):.3f}")
     table = pd.DataFrame(rows)
     if not table.empty:
         table = add_verdicts(table)

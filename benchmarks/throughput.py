@@ -18,6 +18,7 @@ fractional ``--gpus-per-trial``.
 """
 from __future__ import annotations
 
+import logging
 import json
 import statistics
 import subprocess
@@ -34,6 +35,8 @@ from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data.loading import decode_images, list_images
 from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.detector.training import build_optimizer, build_trial, train_one_epoch
+
+logger = logging.getLogger(__name__)
 
 COLUMNS = ["device", "variant", "batch_size", "crops", "project_s_per_epoch", "bare_s_per_epoch",
            "seed_pipeline_s_per_epoch", "project_augmented_s_per_epoch", "project_vs_bare", "seed_vs_project"]
@@ -181,7 +184,7 @@ def sweep_rate(data: Path, gpus_per_trial: float, num_samples: int, work: Path) 
 
 
 def benchmark(data: Path, variants: list[str] | None, batch_sizes: list[int], crops: int, repeats: int,
-              loader_workers: int, sweep_samples: int, log=print) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+              loader_workers: int, sweep_samples: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(epochs table, execution-options table, GPU packing table; the last is empty without CUDA)."""
     paths = list_images(Path(data) / "train")[:crops]
     if not paths:
@@ -198,10 +201,10 @@ def benchmark(data: Path, variants: list[str] | None, batch_sizes: list[int], cr
         for variant in gradient:
             for bs in batch_sizes:
                 row = measure_variant(variant, bs, paths, train_u8, device, repeats, loader_workers)
-                log(f"{device.type:<4} {variant:<20} batch {bs:>4}: project {row['project_s_per_epoch']:.3f}s, "
-                    f"bare {row['bare_s_per_epoch']:.3f}s ({row['project_vs_bare']:.2f}x); augmented: project "
-                    f"{row['project_augmented_s_per_epoch']:.3f}s, seed pipeline "
-                    f"{row['seed_pipeline_s_per_epoch']:.3f}s ({row['seed_vs_project']:.1f}x the project)")
+                logger.info(f"{device.type:<4} {variant:<20} batch {bs:>4}: project {row['project_s_per_epoch']:.3f}s, "
+                            f"bare {row['bare_s_per_epoch']:.3f}s ({row['project_vs_bare']:.2f}x); augmented: project "
+                            f"{row['project_augmented_s_per_epoch']:.3f}s, seed pipeline "
+                            f"{row['seed_pipeline_s_per_epoch']:.3f}s ({row['seed_vs_project']:.1f}x the project)")
                 rows.append(row)
         options += measure_options(gradient[0], max(batch_sizes), train_u8, device, repeats)
     packing = []
@@ -209,8 +212,8 @@ def benchmark(data: Path, variants: list[str] | None, batch_sizes: list[int], cr
         with tempfile.TemporaryDirectory() as tmp:
             for fraction in GPU_FRACTIONS:
                 packing.append(sweep_rate(Path(data), fraction, sweep_samples, Path(tmp)))
-                log(f"gpu sweep at {fraction:g} GPU/trial: {packing[-1]['trials_per_hour']:.0f} trials/h, "
-                    f"peak {packing[-1]['peak_gpu_mem_mb']:.0f} MB per trial")
+                logger.info(f"gpu sweep at {fraction:g} GPU/trial: {packing[-1]['trials_per_hour']:.0f} trials/h, "
+                            f"peak {packing[-1]['peak_gpu_mem_mb']:.0f} MB per trial")
     return pd.DataFrame(rows, columns=COLUMNS), pd.DataFrame(options), pd.DataFrame(packing)
 
 

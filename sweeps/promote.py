@@ -7,6 +7,7 @@ seed baselines and references, side by side, at both thresholds.
 """
 from __future__ import annotations
 
+import logging
 import json
 import math
 import tempfile
@@ -29,6 +30,8 @@ from anomaly_ae.data.site import split_description
 from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION
 from anomaly_ae.detector.validation import train_and_validate
 from sweeps.review import ReviewFiles, log_review, write_review_files
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "proliv-autoencoder"
 # promote combines this many of the best trials and ships the ensemble when validation prefers it:
@@ -110,7 +113,7 @@ def reference_candidates(splits, policy: str, tnr_target: float, objective: str,
     return out
 
 
-def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=print,
+def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...],
             site_mode: str = DEFAULT_SITE_CALIBRATION) -> tuple[dict, dict]:
     """Retrain ``cfg`` with full passes over the train split for each seed, judged by its promoted score.
 
@@ -130,11 +133,12 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...], log=
         payload = checkpoint_payload(state, run_cfg, val_scores, report)
         test = evaluate_once(payload, splits, policies, site_mode)
         runs.append((payload, test))
-        log(f"  retrain seed {seed}: loss {loss:.5f}, val objective {report['objective']:.4f}, "
-            f"test TPR {test['tpr']:.4f} TNR {test['tnr']:.4f} ({time.perf_counter() - tick:.0f}s)")
+        logger.info(f"  retrain seed {seed}: loss {loss:.5f}, val objective {report['objective']:.4f}, "
+                    f"test TPR {test['tpr']:.4f} TNR {test['tnr']:.4f} ({time.perf_counter() - tick:.0f}s)")
     spread = {}
     for key, values in (("val_objective", [p["report"]["objective"] for p, _ in runs]),
                         ("test_tpr", [t["tpr"] for _, t in runs]), ("test_tnr", [t["tnr"] for _, t in runs])):
+        spread[f"{key}_by_seed"] = [float(v) for v in values]
         spread[f"{key}_mean"], spread[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
     best_payload, best_test = max(runs, key=lambda r: r[0]["report"]["objective"])
     return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
@@ -376,8 +380,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
             site_delta: float | None = None, site_review: Path | None = None,
             site_calibration_share: float | None = None, site_calibration: str = DEFAULT_SITE_CALIBRATION,
-            ensemble: int = DEFAULT_ENSEMBLE, ensemble_distinct: bool = False, ship: str = "auto",
-            log=print) -> Promotion:
+            ensemble: int = DEFAULT_ENSEMBLE, ensemble_distinct: bool = False, ship: str = "auto") -> Promotion:
     """Evaluate the chosen trial once on test at ``threshold_policy`` (default: the sweep's objective,
     TNR >= target on validation normals) and at the site threshold when there is a site pool (the
     sweep's, or ``site_dir``), beside the baselines and references; register it.
@@ -415,7 +418,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             except SweepNotFound as exc:
                 if ship == "ensemble":
                     raise
-                log(f"no ensemble: {exc}")
+                logger.info(f"no ensemble: {exc}")
         member_payloads = [download_checkpoint(client, m["run_id"], Path(tmp) / f"member-{m['run_id']}")
                            for _, m in members.iterrows()]
         compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
@@ -424,7 +427,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
             try:
                 b_payload = download_checkpoint(client, b["run_id"], Path(tmp) / b["run_id"])
             except SweepNotFound as exc:
-                log(f"  baseline {b['baseline']} left out: {exc}")
+                logger.info(f"  baseline {b['baseline']} left out: {exc}")
                 continue
             own = stated_policy(b["baseline"], b_payload["config"])
             baseline_candidates.append(Candidate.of_trial(
@@ -436,9 +439,9 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     own = stated_policy(row["baseline"], payload["config"])
     spread = {}
     if retrain_seeds:
-        log(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
+        logger.info(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
         payload, spread = retrain(payload["config"], splits, list(retrain_seeds),
-                                  policies(row["baseline"], payload["config"]), log, site_calibration)
+                                  policies(row["baseline"], payload["config"]), site_calibration)
         report = spread.pop("test")
     else:
         report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]), site_calibration)
@@ -452,16 +455,16 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
                                     parent.data.tags.get("objective", "clean"), site_calibration)
     other = []
     if len(members):
-        log(f"combining the {len(members)} best {'variants' if ensemble_distinct else 'trials'}: "
-            + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
+        logger.info(f"combining the {len(members)} best {'variants' if ensemble_distinct else 'trials'}: "
+                    + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
         combined = ensemble_candidate(member_payloads, members, splits, threshold_policy,
                                       parent.data.tags.get("objective", "clean"), site_calibration)
         shipped = choose_shipped(promoted, combined, ship)
         other = [combined if shipped is promoted else promoted]
         other[0].name = "single champion" if shipped is combined else f"ensemble of {len(members)} (not shipped)"
         if shipped is promoted:
-            log(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
-                f"champion's {promoted.val_objective:.4f}: the single champion ships")
+            logger.info(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
+                        f"champion's {promoted.val_objective:.4f}: the single champion ships")
         promoted = shipped
     table = comparison_table([promoted, *other, *sorted(baseline_candidates, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)

@@ -5,6 +5,7 @@ so the CLI and the spec cannot drift apart. Light on imports: parsing never load
 """
 from __future__ import annotations
 
+import logging
 import argparse
 import dataclasses
 import os
@@ -16,6 +17,8 @@ from anomaly_ae.data.site import DEFAULT_CALIBRATION_SHARE
 from anomaly_ae.stats.metrics import TNR_TARGET
 from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE, OBJECTIVES, SCORE_SELECTIONS
 from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
+
+logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "data" / "default"
@@ -316,15 +319,15 @@ class SweepSpec:
             raise SpecError(f"--config {self.config}: {exc}") from exc
 
 
-def ensure_dataset(data: Path | None, scale: float = 1.0, log=print) -> Path:
+def ensure_dataset(data: Path | None, scale: float = 1.0) -> Path:
     """The dataset folder: ``data`` as given, or the embedded default, generated when absent."""
     if data is None:
         data = DEFAULT_DATA
         if not (data / "train").is_dir():
             from anomaly_ae.data import make_dataset
 
-            log(f"generating the default dataset in {data} (scale {scale}) ...")
-            log(f"  {make_dataset(data, scale=scale, seed=0, overwrite=True)}")
+            logger.info(f"generating the default dataset in {data} (scale {scale}) ...")
+            logger.info(f"  {make_dataset(data, scale=scale, seed=0, overwrite=True)}")
     if not (Path(data) / "train").is_dir():
         raise SpecError(f"--data: no train/ folder in {data}")
     return Path(data)

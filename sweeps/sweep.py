@@ -23,6 +23,8 @@ from sweeps.spec import (
     DEFAULT_OBJECTIVE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
 )
 
+logger = logging.getLogger(__name__)
+
 LIBRARY_LOGGERS = ("ray", "mlflow", "optuna", "alembic")
 
 
@@ -88,15 +90,15 @@ def git_commit() -> str:
         return "unknown"
 
 
-def find_perceptual(log=print) -> bool:
+def find_perceptual() -> bool:
     from anomaly_ae.detector.losses import PerceptualWeightsMissing, find_perceptual_weights
 
     try:
         find_perceptual_weights("alexnet")
         return True
     except PerceptualWeightsMissing:
-        log("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
-            "baseline are left out (seed004_denoise runs instead); see README, 'What is searched'.")
+        logger.info("note: no pretrained AlexNet weights on disk, so the perceptual loss/score and the seed004 "
+                    "baseline are left out (seed004_denoise runs instead); see README, 'What is searched'.")
         return False
 
 
@@ -133,7 +135,7 @@ class Sweep:
     # ------------------------------------------------------------- create
 
     @classmethod
-    def create(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
+    def create(cls, spec: SweepSpec) -> "Sweep":
         """Validate, load the data, enqueue the fixed trials, open the parent run, score the references."""
         from anomaly_ae.data import load_proliv, make_splits
         from anomaly_ae.data.site import split_description
@@ -143,7 +145,7 @@ class Sweep:
         spec.validate()
         trial_config = spec.trial_config()
         study_storage = open_study(spec)
-        data_dir = ensure_dataset(spec.data, spec.scale, log)
+        data_dir = ensure_dataset(spec.data, spec.scale)
         tick = time.perf_counter()
         data = load_proliv(data_dir, site=spec.site, site_max_spill_fraction=spec.site_bound,
                            site_delta=spec.site_risk, site_review=spec.site_review)
@@ -151,10 +153,10 @@ class Sweep:
                              site_calibration_share=spec.site_share)
         site_note = (f", {len(data.site)} site crops from {data.site.root} ({len(splits.site_selection)} choose, "
                      f"{len(splits.site_calibration)} calibrate)" if data.site is not None else ", no site pool")
-        log(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
-            f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)")
+        logger.info(f"data: {data_dir} ({len(splits.train)} train, {len(splits.val_normal)} val normals, "
+                    f"{len(splits.val_spill)} val spills{site_note}; decoded/cached in {time.perf_counter() - tick:.1f}s)")
         spec = resolve_objective(spec, splits)
-        perceptual = find_perceptual(log)
+        perceptual = find_perceptual()
         points = enqueued_points(spec, trial_config, perceptual)
         tags = {
             "space": spec.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
@@ -170,10 +172,10 @@ class Sweep:
             **(split_description(splits.site_selection, splits.site_calibration, spec.site_share)
                if data.site is not None else {}),
         }
-        warm_trials = gather_warm_start(spec, tags, perceptual, log)
+        warm_trials = gather_warm_start(spec, tags, perceptual)
         run = SweepRun.create(spec.tracking_uri, spec.experiment_name, tags)
-        study = claim_study(spec, study_storage, run, log)
-        references = {} if spec.no_references else score_references(run, splits, spec, log)
+        study = claim_study(spec, study_storage, run)
+        references = {} if spec.no_references else score_references(run, splits, spec)
 
         def fit():
             from sweeps.tuning import run_sweep
@@ -186,7 +188,7 @@ class Sweep:
     # ------------------------------------------------------------- resume
 
     @classmethod
-    def resume(cls, spec: SweepSpec, log: Callable = print) -> "Sweep":
+    def resume(cls, spec: SweepSpec) -> "Sweep":
         """Reopen the interrupted sweep's parent run; its dataset must be unchanged."""
         configure_environment()  # before Ray's first import
         from mlflow.tracking import MlflowClient
@@ -209,9 +211,9 @@ class Sweep:
         # Runs the interruption cut off are marked KILLED; a resumed trial reopens its own run.
         run, closed = SweepRun.reopen(spec.tracking_uri, parent)
         study = tags.get("optuna_study")
-        log(f"resuming sweep {spec.experiment_name!r} (parent run {parent.info.run_id}); {closed} interrupted "
-            f"run(s) marked KILLED" + (f"; optuna study {study!r} in {tags['optuna_storage']} continues"
-                                       if study else ""))
+        logger.info(f"resuming sweep {spec.experiment_name!r} (parent run {parent.info.run_id}); {closed} interrupted "
+                    f"run(s) marked KILLED" + (f"; optuna study {study!r} in {tags['optuna_storage']} continues"
+                                               if study else ""))
         return cls(spec, run, lambda: resume_sweep(spec, splits, run.tracking, data_key(tags), spec.experiment_path))
 
     # ------------------------------------------------------------- run
@@ -265,7 +267,7 @@ def open_study(spec: SweepSpec):
         raise SpecError(str(exc)) from exc
 
 
-def claim_study(spec: SweepSpec, storage, run, log) -> tuple | None:
+def claim_study(spec: SweepSpec, storage, run) -> tuple | None:
     """The sweep's study name in ``storage``, claimed (a taken name is refused); recorded on the parent run."""
     if storage is None:
         return None
@@ -279,12 +281,12 @@ def claim_study(spec: SweepSpec, storage, run, log) -> tuple | None:
         raise SpecError(str(exc)) from exc
     run.client.set_tag(run.run_id, "optuna_study", name)
     run.client.set_tag(run.run_id, "optuna_storage", redact(spec.optuna_storage))
-    log(f"optuna study {name!r} in {redact(spec.optuna_storage)} (optuna-dashboard "
-        f"{redact(spec.optuna_storage)} shows it)")
+    logger.info(f"optuna study {name!r} in {redact(spec.optuna_storage)} (optuna-dashboard "
+                f"{redact(spec.optuna_storage)} shows it)")
     return storage, name
 
 
-def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
+def score_references(run, splits, spec: SweepSpec) -> dict[str, float]:
     """Fit the reference detectors and log each as a run under the sweep's parent; returns their objectives."""
     from sweeps.references import fit_references
 
@@ -303,11 +305,11 @@ def score_references(run, splits, spec: SweepSpec, log) -> dict[str, float]:
                            objective_site_blend=site_blend(ref.metrics["tpr_at_tnr"], ref.metrics["tpr_at_site_matched"]))
         metrics.update(objective_clean=ref.metrics["tpr_at_tnr"], val_margin=ref.metrics["val_margin"])
         run.log_reference(ref.name, ref.description, metrics)
-    log("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs))
+    logger.info("references: " + ", ".join(f"{r.name} {r.objective:.3f} ({r.fit_seconds:.1f}s)" for r in refs))
     return {r.name: r.objective for r in refs}
 
 
-def gather_warm_start(spec: SweepSpec, tags: dict, perceptual: bool, log) -> list:
+def gather_warm_start(spec: SweepSpec, tags: dict, perceptual: bool) -> list:
     """Finished trials of earlier sweeps that fit this sweep's space, as Optuna trials."""
     if spec.no_warm_start:
         return []
@@ -320,9 +322,9 @@ def gather_warm_start(spec: SweepSpec, tags: dict, perceptual: bool, log) -> lis
     observations, sweeps = earlier_observations(MlflowClient(spec.tracking_uri), tags, experiments)
     if not observations:
         if experiments:
-            log(f"warm start: no finished trials in {', '.join(experiments)} on this dataset")
+            logger.info(f"warm start: no finished trials in {', '.join(experiments)} on this dataset")
         return []
     trials, skipped = frozen_trials(spec.search_space(perceptual), observations)
-    log(f"warm start: {len(trials)} trials from {sweeps} earlier sweep(s)"
-        + (f"; {skipped} skipped (no longer fit the space)" if skipped else ""))
+    logger.info(f"warm start: {len(trials)} trials from {sweeps} earlier sweep(s)"
+                + (f"; {skipped} skipped (no longer fit the space)" if skipped else ""))
     return trials

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import warnings
 
@@ -23,6 +24,8 @@ from trainables.autoencoder import train_autoencoder
 # MLflow credentials travel to cluster nodes with the trials (a basic-auth tracking server).
 FORWARDED_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
                  "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH", "PROLIV_TRACKING_GRACE_S")
+
+logger = logging.getLogger(__name__)
 
 
 class WarmStartedOptunaSearch(OptunaSearch):
@@ -144,9 +147,9 @@ class SweepProgress(tune.Callback):
         who = f"[{baseline}{' reused' if r.get('reused_from') else ''}]" if baseline else ""
         standings = " ".join([f"searched {self.best_searched:.3f}", f"baseline {self.best_baseline:.3f}",
                               *(f"{k} {v:.3f}" for k, v in self.references.items())]).replace("-inf", " -  ")
-        print(f"[{done:>2}/{self.total}] {trial.trial_id} {how:<8} {trial.config.get('variant', '?'):<19} "
-              f"{r.get('score', '?'):<11} ep {r.get('epoch', 0):<2} obj {objective:.3f} {who:<17} "
-              f"| best: {standings}", flush=True)
+        logger.info(f"[{done:>2}/{self.total}] {trial.trial_id} {how:<8} {trial.config.get('variant', '?'):<19} "
+                    f"{r.get('score', '?'):<11} ep {r.get('epoch', 0):<2} obj {objective:.3f} {who:<17} "
+                    f"| best: {standings}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
@@ -161,8 +164,7 @@ class SweepProgress(tune.Callback):
         if self.sweep is not None:
             self.sweep.trial_retried(trial.trial_id, trial.num_failures, _error_text(trial))
         if not self.quiet:
-            print(f"       {trial.trial_id} retried (failure {trial.num_failures}): {_error_text(trial)[:120]}",
-                  flush=True)
+            logger.info(f"       {trial.trial_id} retried (failure {trial.num_failures}): {_error_text(trial)[:120]}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if self.sweep is not None:

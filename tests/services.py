@@ -45,6 +45,18 @@ def tiny_sweep_args(data, experiment, tracking_uri, storage, samples=4, epochs=2
             "--tracking-uri", tracking_uri, "--storage-path", str(storage), "--val-fraction", "0.2"]
 
 
+def unexpected_statuses(runs, allowed=("FINISHED",)) -> list[str]:
+    """Runs whose final status is not among ``allowed``; a FAILED trial run is expected only when its own
+    ``failure`` tag says it diverged (a searched config may; a lost worker or a crash may not)."""
+    bad = []
+    for run in runs:
+        status, failure = run.info.status, run.data.tags.get("failure", "")
+        if status in allowed or (status == "FAILED" and failure.startswith("diverged")):
+            continue
+        bad.append(f"{run.data.tags.get('mlflow.runName', run.info.run_id)}: {status} {failure[:200]}")
+    return bad
+
+
 def run_cli(args: list[str], env: dict, log: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     with log.open("w") as out:
         return subprocess.run([sys.executable, str(REPO / "run_search.py"), *args], cwd=REPO, env=env, stdout=out,

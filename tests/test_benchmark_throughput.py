@@ -14,12 +14,13 @@ def test_benchmark_writes_the_epochs_side_by_side(tiny_data_dir, tmp_path, capsy
     assert list(table.columns) == COLUMNS
     assert sorted(table["device"]) in (["cpu"], ["cpu", "cuda"])  # one row per device for one variant and batch
     row = table[table["device"] == "cpu"].iloc[0]
-    assert row["crops"] == 64 and (row[[c for c in COLUMNS if c.endswith("_s_per_epoch")]] > 0).all()
-    assert row["project_vs_bare"] == pytest.approx(row["project_s_per_epoch"] / row["bare_s_per_epoch"])
-    assert row["seed_vs_project"] == pytest.approx(row["seed_pipeline_s_per_epoch"]
-                                                   / row["project_augmented_s_per_epoch"])
+    assert row["crops"] == 64 and row["variant"] == "conv_ae" and row["batch_size"] == 16
+    # Both loops train the same model on the same crops: a ratio far from 1 means one of them did other
+    # work (or none). Loose bounds, as timings on a shared machine are noisy.
+    assert 0.2 < row["project_vs_bare"] < 5
     options = pd.read_csv(tmp_path / "throughput-options.csv")
     assert set(options["option"]) == {"fp32", "bf16", "channels_last", "bf16+channels_last"}
+    assert options.set_index("option").loc["fp32", "vs_fp32"] == 1.0  # the yardstick against itself
     assert "project/bare median" in capsys.readouterr().out
 
 

@@ -30,6 +30,14 @@ def test_bad_values_name_the_field(raw, field):
         validate_config(raw)
 
 
+@pytest.mark.parametrize("key", ["val_normal_fraction", "val_spill_fraction", "split_seed"])
+def test_split_keys_are_refused_by_name(key):
+    """The split is the sweep's: a trial config that sets it would be validated and then ignored."""
+    with pytest.raises(ConfigError, match=rf"^{key}: not a trial setting"):
+        validate_config({key: 0.5})
+    assert key not in validate_config({})
+
+
 def test_output_activation_follows_normalisation():
     assert model_params(validate_config({"normalisation": "dataset"}))["out_activation"] == "identity"
     assert model_params(validate_config({"normalisation": "minus_one_one"}))["out_activation"] == "tanh"

@@ -70,6 +70,11 @@ def _optional_str(key, v):
     return v
 
 
+# Keys a trial config once carried and never read: the split is made once per sweep, by the driver.
+SWEEP_KEYS = {"val_normal_fraction": "the sweep's validation split (fixed at 0.1 of train/)",
+              "val_spill_fraction": "the sweep's option --val-spill-fraction",
+              "split_seed": "the sweep's split (seed 0, the same for every trial)"}
+
 # key: (default, validator)
 SCHEMA: dict[str, tuple[Any, Any]] = {
     # model
@@ -79,9 +84,6 @@ SCHEMA: dict[str, tuple[Any, Any]] = {
     "image_width": (48, _int(8, 256)),
     "grayscale": (False, _bool),
     "normalisation": ("none", _choice(*NORMALISATIONS)),
-    "val_normal_fraction": (0.1, _float(0.0, 0.9, lo_open=True)),
-    "val_spill_fraction": (1.0, _float(0.0, 1.0, lo_open=True)),
-    "split_seed": (0, _int(0, 2**31 - 1)),
     # batch augmentation
     "hflip": (False, _bool),
     "vflip": (False, _bool),
@@ -173,6 +175,8 @@ def validate_config(raw: dict) -> dict:
     for key, value in raw.items():
         if key in SCHEMA:
             continue
+        if key in SWEEP_KEYS:
+            raise ConfigError(f"{key}: not a trial setting; the split is {SWEEP_KEYS[key]}. Remove it from the config")
         prefix, _, param = key.partition(".")
         if key in SCORE_PARAM_RANGES:
             cfg[key] = SCORE_PARAM_RANGES[key](key, value)
