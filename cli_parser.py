@@ -51,6 +51,22 @@ def finished_sweep_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the table as CSV")
 
 
+# Old spellings, kept for one release: each is rewritten to its new name with a note on stderr.
+DEPRECATED_OPTIONS = {"--seeds": "--retrain-seeds"}
+
+
+def renamed_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` with deprecated option names replaced, and one note per replacement."""
+    out, notes = [], []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in DEPRECATED_OPTIONS:
+            notes.append(f"note: {name} is deprecated; it is now {DEPRECATED_OPTIONS[name]}")
+            arg = DEPRECATED_OPTIONS[name] + eq + value
+        out.append(arg)
+    return out, notes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -87,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--trial", default=None, help="trial id, run id, or enqueued name (seed000, start:knn5) to promote (default: the best)")
     promote.add_argument("--retrain", action="store_true",
                          help="retrain the config with full passes over the train split first, once per seed")
-    promote.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for --retrain (default 0 1 2)")
-    promote.add_argument("--force", action="store_true", help="replace a champion with better test figures")
+    promote.add_argument("--retrain-seeds", type=int, nargs="+", default=[0, 1, 2],
+                         help="RNG seeds for --retrain, one retraining each (default 0 1 2)")
+    promote.add_argument("--force", action="store_true",
+                         help="replace a champion whose validation objective is better than this candidate's")
     promote.add_argument("--threshold-policy", choices=POLICY_CHOICES, default="tnr_target",
                          help="how the threshold is fixed on validation (default tnr_target: the sweep's objective, "
                               "TNR >= target on validation normals); the trial's own policy is shown beside it")
@@ -103,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "objective is above the single champion's; a --trial or --retrain ships that trial")
     promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
-    promote.add_argument("--config-out", type=Path, default=Path("best_config.yaml"),
-                         help="where to write the promoted config (default ./best_config.yaml)")
+    promote.add_argument("--config-out", type=Path, default=None,
+                         help="where to write the promoted config; the review files go beside it (default: "
+                              "STORAGE/EXPERIMENT/promote/best_config.yaml, the sweep's own folder)")
     add_site_arguments(promote, "fix the shipped threshold on this site pool (default: the sweep's own, if it had one)")
     promote.add_argument("--site-calibration", choices=list(SITE_CALIBRATIONS), default=DEFAULT_SITE_CALIBRATION,
                          help="distribution_free: the site rule, which assumes every pool crop may be a spill scoring "

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from cli_parser import build_parser
+from cli_parser import build_parser, renamed_options
 from sweeps.spec import REPO, SpecError, SweepSpec, configure_environment, ensure_dataset
 
 
@@ -105,7 +105,7 @@ def cmd_promote(args) -> int:
         raise SpecError("--ensemble-distinct and --ship ensemble need --ensemble K > 0")
     try:
         result = promote(MlflowClient(args.tracking_uri), args.tracking_uri, args.experiment, args.trial,
-                         args.seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
+                         args.retrain_seeds if args.retrain else [], args.force, args.model_name, args.data, args.config_out,
                          args.parent, args.threshold_policy, not args.no_references, site_dir=args.site,
                          site_max_spill_fraction=args.site_max_spill_fraction, site_delta=args.site_delta,
                          site_review=args.site_review, site_calibration_share=args.site_calibration_share,
@@ -291,13 +291,32 @@ COMMANDS = {"search": cmd_search, "make-data": cmd_make_data, "list-models": cmd
             "simulate-review": cmd_simulate_review}
 
 
+def tracking_line(uri: str, argv: list[str]) -> str:
+    """Where a command's runs go, said first: a URI left in the shell would otherwise send them elsewhere
+    unannounced."""
+    from anomaly_ae.tracking.server import redact
+
+    source = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") == uri else (
+        "--tracking-uri" if any(a.startswith("--tracking-uri") for a in argv) else "the default")
+    return f"tracking: {redact(uri)} (from {source})"
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_environment()
     attach_console()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["search", *argv]
+    argv, notes = renamed_options(argv)
+    for note in notes:
+        print(note, file=sys.stderr)
     args = build_parser().parse_args(argv)
+    if getattr(args, "tracking_uri", None):
+        say(tracking_line(args.tracking_uri, argv))
+        if args.command != "search":  # search names its log after the experiment
+            from sweeps.sweep import route_library_logs
+
+            route_library_logs(REPO / "logs" / f"{args.command}.log")
     try:
         return COMMANDS[args.command](args)
     except (SpecError, FileExistsError, ConnectionError) as exc:

@@ -6,5 +6,5 @@
 4. ``tracking``: MLflow runs, server and registry, serving, plots.
 
 What serves only the sweep lives beside it: ``search_spaces`` (the space, the seed baselines and start
-points), ``trainables`` (the trial, fixed-work replay), ``sweeps`` (Tune, references, promote).
+points), ``trainables`` (the trial, and its replay of fixed work), ``sweeps`` (Tune, references, promote).
 """

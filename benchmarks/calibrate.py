@@ -19,7 +19,7 @@ import torch
 from search_spaces.baselines import SEED_BASELINES
 from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data import load_proliv, make_splits
-from anomaly_ae.detector.evaluation import test_report
+from anomaly_ae.detector.testing import test_report
 from anomaly_ae.detector.validation import train_and_validate
 
 # A config the search space can reach that copes with the test shift: brightness,

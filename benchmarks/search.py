@@ -104,7 +104,7 @@ def run_one(bench: SearchBenchmark, sampler: str, seed: int, experiment: str) ->
 
 def test_figures(client, tracking_uri: str, experiment: str, trial: str, model_name: str) -> dict:
     from sweeps.promote import promote
-    from anomaly_ae.detector.evaluation import operating_report
+    from anomaly_ae.detector.testing import operating_report
 
     with tempfile.TemporaryDirectory() as tmp:
         result = promote(client, tracking_uri, experiment, trial=trial, force=True, model_name=model_name,

@@ -166,17 +166,21 @@ def quick_space(trial, perceptual: bool = False, epochs: int = 4, steps_per_epoc
     return full_space(trial, perceptual, epochs, steps_per_epoch, samples_per_epoch, score_selection, objective)
 
 
-def seeds_space(trial, perceptual: bool = False, epochs: int = 30, steps_per_epoch: int = 0,
-                samples_per_epoch: int = 0, score_selection: str = "fixed", objective: str = "clean") -> dict:
-    """Only the seed baselines, one per trial, each on the same budget and judged by its own score."""
+def writeups_space(trial, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int = 0,
+                   samples_per_epoch: int = 0, score_selection: str = "fixed", objective: str = "clean") -> dict:
+    """Only the write-up baselines, one per trial, judged by their own score, each at the budget its
+    write-up states (full passes, its own epochs) unless ``epochs`` is given: the fair comparison."""
     baselines = baseline_configs(perceptual)
     name = trial.suggest_categorical("seed_baseline", sorted(baselines))
     cfg = {k: v for k, v in baselines[name].items() if k not in NOT_SEARCHED}
-    return {**cfg, "epochs": epochs, "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch,
+    return {**cfg, "epochs": baselines[name]["epochs"] if epochs is None else epochs,
+            "steps_per_epoch": steps_per_epoch, "samples_per_epoch": samples_per_epoch,
             "score_selection": "fixed", "objective": objective}
 
 
-SPACES = {"quick": quick_space, "full": full_space, "seeds": seeds_space}
+SPACES = {"quick": quick_space, "full": full_space, "writeups": writeups_space}
+# Old names, kept for one release (SweepSpec notes the rename).
+DEPRECATED_SPACES = {"seeds": "writeups"}
 
 
 def get_space(name: str, perceptual: bool = False, epochs: int | None = None, steps_per_epoch: int | None = None,

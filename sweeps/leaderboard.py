@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from sweeps.runs import trial_row
-from search_spaces.baselines import is_seed_baseline, match_baseline
+from search_spaces.baselines import SEED_BASELINES, is_seed_baseline, match_baseline
 from anomaly_ae.detector.config import validate_config
 from anomaly_ae.stats.selection import OBJECTIVE_MARGIN, tie_break
 from search_spaces import config_from_params
@@ -85,6 +85,19 @@ def format_leaderboard(frame: pd.DataFrame, top: int = 10, references: pd.DataFr
     return title + "\n" + rows.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-") + note
 
 
+def baseline_budget(rows: pd.DataFrame) -> str:
+    """What budget the seed baselines had in this sweep, against what their write-ups state."""
+    ran = rows["epochs"].astype(int)
+    stated = rows["baseline"].map(lambda name: SEED_BASELINES[name]["epochs"])
+    if (ran >= stated).all():
+        return "(at their write-ups' stated budgets)"
+    def span(values):
+        return f"{values.min()}" if values.min() == values.max() else f"{values.min()}-{values.max()}"
+
+    return (f"(cut to this sweep's budget: {span(ran)} epochs of this sweep's length, where their write-ups state "
+            f"{span(stated)} full passes; --space writeups runs them as written)")
+
+
 def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) -> str:
     """One line: did the searched trials beat the best seed baseline and every reference on val?
 
@@ -95,7 +108,7 @@ def search_verdict(frame: pd.DataFrame, references: pd.DataFrame | None = None) 
     parts = [f"best searched trial {searched:.4f}"]
     bars = []
     if baseline == baseline:  # not NaN: the sweep ran baselines
-        parts.append(f"best seed baseline {baseline:.4f}")
+        parts.append(f"best seed baseline {baseline:.4f} {baseline_budget(frame[enqueued.map(is_seed_baseline)])}")
         bars.append(baseline)
     if references is not None and len(references):
         for _, ref in references.iterrows():

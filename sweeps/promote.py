@@ -22,7 +22,7 @@ import yaml
 
 from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 from search_spaces.baselines import SEED_BASELINES
-from anomaly_ae.detector.evaluation import (
+from anomaly_ae.detector.testing import (
     calibrate_at_site, calibration_record, operating_report, report_at_policies, test_report,
 )
 from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
@@ -373,9 +373,17 @@ class Promotion:
     review: ReviewFiles | None = None  # the site crops above the shipped threshold, for a person to mark
 
 
+def promotion_folder(parent, experiment: str) -> Path:
+    """Where promote writes by default: the sweep's own folder (beside Ray's results), whatever folder
+    the command runs from, so that two sweeps' configs and review rounds never mix."""
+    from sweeps.spec import DEFAULT_STORAGE
+
+    return Path(parent.data.tags.get("storage_path") or DEFAULT_STORAGE) / experiment / "promote"
+
+
 def promote(client, tracking_uri: str, experiment: str, trial: str | None = None, retrain_seeds: list[int] = (),
             force: bool = False, model_name: str = DEFAULT_MODEL_NAME, data_dir: Path | None = None,
-            config_out: Path = Path("best_config.yaml"), parent_run_id: str | None = None,
+            config_out: Path | None = None, parent_run_id: str | None = None,
             threshold_policy: str = "tnr_target", references: bool = True, baselines: bool = True,
             site_dir: Path | None = None, site_max_spill_fraction: float | None = None,
             site_delta: float | None = None, site_review: Path | None = None,
@@ -388,6 +396,7 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     The K = ``ensemble`` best trials (of K variants with ``ensemble_distinct``) are also combined into one
     detector; ``ship`` says which is registered (``choose_shipped``). 0 builds no ensemble."""
     parent = find_parent_run(client, experiment, parent_run_id)
+    config_out = promotion_folder(parent, experiment) / "best_config.yaml" if config_out is None else config_out
     frame = sweep_frame(client, parent)
     if trial is not None:
         # A trial id, a run id, or an enqueued trial's name (seed000, start:knn5).
@@ -532,7 +541,7 @@ def promotion_lines(result: "Promotion", threshold_policy: str, model_name: str)
                      f"scored crops of the pool's calibration part ({result.review.above} above the shipped threshold, "
                      f"{result.review.undecided} not yet marked), to mark spill or normal (open the page, mark, save). "
                      f"Spills among them use false-alarm slots the rule must assume are normals'; promote again with "
-                     f"--site-review {result.review.table.name} to take the marked spills out of the pool")
+                     f"--site-review {result.review.table} to take the marked spills out of the pool")
     lines.append(f"registered {model_name} version {result.version.version} with alias 'champion' "
                  f"(models:/{model_name}@champion)")
     lines.append(f"wrote {result.config_path} (reproduce with: python run_search.py search --config "

@@ -168,7 +168,7 @@ def download_checkpoint(client, run_id: str, dst: Path) -> dict:
 
     A trial replayed from an earlier run (tagged ``reused_from``) has its weights in that run."""
     from anomaly_ae.detector.checkpoints import MODEL_FILE, load_checkpoint
-    from trainables.fixed_work import REUSED_TAG
+    from trainables.replay import REUSED_TAG
 
     run_id = client.get_run(run_id).data.tags.get(REUSED_TAG) or run_id
     names = {a.path for a in client.list_artifacts(run_id)}

@@ -116,7 +116,7 @@ class SweepSpec:
 
     data: Path | None = field(default=None, metadata=option(
         f"dataset folder in the proliv layout (default: {DEFAULT_DATA}, generated if absent)", type=Path))
-    space: str = field(default="quick", metadata=option("search space preset: quick, full or seeds (default quick)"))
+    space: str = field(default="quick", metadata=option("search space preset: quick, full or writeups (the write-up baselines at their stated budgets; default quick)"))
     config: Path | None = field(default=None, metadata=option(
         "YAML trial config (e.g. a promoted best_config.yaml) enqueued as the first trial", type=Path))
     num_samples: int = field(default=18, metadata=option(
@@ -207,7 +207,14 @@ class SweepSpec:
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "SweepSpec":
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        from search_spaces import DEPRECATED_SPACES
+
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+        if values["space"] in DEPRECATED_SPACES:
+            new = DEPRECATED_SPACES[values["space"]]
+            logger.warning(f"note: --space {values['space']} is deprecated; it is now --space {new}")
+            values["space"] = new
+        return cls(**values)
 
     @classmethod
     def of(cls, **values) -> "SweepSpec":

@@ -17,7 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
-from trainables.fixed_work import data_key
+from trainables.replay import data_key
 from anomaly_ae.stats.selection import site_blend
 from sweeps.spec import (
     DEFAULT_OBJECTIVE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
@@ -113,12 +113,12 @@ def resolve_objective(spec: SweepSpec, splits) -> SweepSpec:
             raise SpecError(f"--objective {spec.objective}: there is no site pool (give --site DIR, or put crops in "
                             f"DATA/site/)")
         return spec
-    need = min_site_pool_size(spec.tnr_target, parts[0].max_spill_fraction, parts[0].delta)
+    need = min_site_pool_size(spec.tnr_target, parts[0].spill_bound, parts[0].delta)
     if min(len(p) for p in parts) < need:
         raise SpecError(f"--site: {parts[0].root} holds {sum(len(p) for p in parts)} crops, split into "
                         f"{len(parts[0])} that choose and {len(parts[1])} that calibrate; the site threshold needs at "
                         f"least {need} in each for TNR >= {spec.tnr_target} with probability {1 - parts[0].delta:g} at "
-                        f"a spill bound of {parts[0].max_spill_fraction:g} (--site-calibration-share sets the split)")
+                        f"a spill bound of {parts[0].spill_bound:g} (--site-calibration-share sets the split)")
     return spec
 
 
@@ -159,7 +159,7 @@ class Sweep:
         perceptual = find_perceptual()
         points = enqueued_points(spec, trial_config, perceptual)
         tags = {
-            "space": spec.space, "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
+            "space": spec.space, "storage_path": str(spec.storage_path), "dataset_path": str(Path(data_dir).resolve()), "dataset_hash": data.content_hash,
             "git_commit": git_commit(), "command": " ".join(shlex.quote(a) for a in sys.argv),
             "num_samples": str(spec.num_samples), "perceptual": str(int(perceptual)),
             "tnr_target": str(spec.tnr_target), "n_val_normal": str(len(splits.val_normal)),
@@ -250,7 +250,7 @@ def enqueued_points(spec: SweepSpec, trial_config: dict | None, perceptual: bool
     from search_spaces import baseline_point, baseline_points
 
     points = [] if trial_config is None else [baseline_point(trial_config, perceptual)]
-    if not spec.no_baselines and spec.space != "seeds":
+    if not spec.no_baselines and spec.space != "writeups":
         points += baseline_points(perceptual)
     return points
 

@@ -116,15 +116,35 @@ def test_baselines_enqueue_exactly():
     assert len(baseline_points()) == len(names)
 
 
-def test_seeds_space_gives_only_baselines():
+def test_writeups_space_gives_only_baselines_at_their_stated_budgets():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    fn = get_space("seeds")
+    fn = get_space("writeups")
+    seen = set()
     for _ in range(8):
         trial = study.ask()
         constants = fn(trial)  # before reading trial.params: the space fills them
         cfg = validate_config(config_from_params({**trial.params, **constants}))
-        assert match_baseline(cfg, False) is not None
+        name = match_baseline(cfg, False)
+        assert name is not None and cfg["epochs"] == SEED_BASELINES[name]["epochs"]
+        assert cfg["steps_per_epoch"] == cfg["samples_per_epoch"] == 0  # full passes, as written
+        seen.add(name)
         study.tell(trial, 0.1)
+    assert len(seen) > 1
+    assert get_space("writeups", epochs=3)(study.ask())["epochs"] == 3  # --epochs still overrides
+
+
+def test_old_option_spellings_still_work_with_a_note(capsys):
+    import argparse
+
+    from cli_parser import renamed_options
+    from sweeps.spec import SweepSpec
+
+    argv, notes = renamed_options(["promote", "--seeds", "0", "1", "--retrain"])
+    assert argv == ["promote", "--retrain-seeds", "0", "1", "--retrain"] and notes == [
+        "note: --seeds is deprecated; it is now --retrain-seeds"]
+    parser = argparse.ArgumentParser()
+    SweepSpec.add_arguments(parser)
+    assert SweepSpec.from_namespace(parser.parse_args(["--space", "seeds"])).space == "writeups"
 
 
 def test_unknown_space_named():

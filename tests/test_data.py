@@ -133,7 +133,7 @@ def test_site_pool_is_loaded_cached_and_part_of_the_hash(tmp_path):
         img.save(root / "site" / f"s{i}.png")
     data = load_proliv(root, cache_dir=cache, site_max_spill_fraction=0.02, site_delta=0.1)
     assert data.site.images.shape == (4, 32, 48, 3) and data.site.names == [f"s{i}.png" for i in range(4)]
-    assert (data.site.max_spill_fraction, data.site.delta) == (0.02, 0.1)
+    assert (data.site.spill_bound, data.site.delta) == (0.02, 0.1)
     # Same labelled data, new pool: the dataset hash moves, the labelled hash does not.
     assert data.labelled_hash == without.labelled_hash and data.content_hash != without.content_hash
     assert len(list(cache.glob("*.npz"))) == 2
@@ -193,7 +193,7 @@ def test_reviewed_spills_leave_the_pool_and_the_bound_shrinks_by_as_many(tmp_pat
     review.write_text("# confirmed by a review (the old form: one spill's name a line)\n4.png\n5.png\n")
     site = load_site_pool(pool, (32, 48), max_spill_fraction=0.5, review=review)
     assert site.names == ["0.png", "1.png", "2.png", "3.png"] and site.removed == ("4.png", "5.png")
-    assert site.max_spill_fraction == pytest.approx(1 / 4)  # floor(0.5 * 6) - 2 = 1 of the 4 left
+    assert site.spill_bound == pytest.approx(1 / 4)  # floor(0.5 * 6) - 2 = 1 of the 4 left
     assert site.describe()["site_max_spill_fraction"] == "0.5" and site.describe()["site_review_spills"] == "2"
     review.write_text("4.png\nnot-there.png\n")
     with pytest.raises(DatasetError, match="spills.txt:2: 'not-there.png' is not a crop of the site pool"):

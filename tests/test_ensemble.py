@@ -86,7 +86,7 @@ def test_on_the_default_dataset_the_ensemble_keeps_its_members_site_tpr(tmp_path
         return [s(torch.from_numpy(np.ascontiguousarray(images))) for s in scorers]
 
     val, spill, site = scores(splits.val_normal), scores(splits.val_spill), scores(pool.images)
-    rule = (0.95, pool.max_spill_fraction, pool.delta)
+    rule = (0.95, pool.spill_bound, pool.delta)
     members = [site_summary(p, s, *rule)["tpr_at_site"] for p, s in zip(site, spill)]
     ensemble = site_summary(combine(site, val), combine(spill, val), *rule)["tpr_at_site"]
 

@@ -52,5 +52,5 @@ def test_promote_runs_on_the_gpu(tiny_data_dir, tmp_path):
                             "--gpus-per-trial", "1", "--no-references"]) == 0
     ray.shutdown()
     assert run_search.main(["promote", "--experiment", "gpu-promote", "--tracking-uri", uri, "--retrain",
-                            "--seeds", "0", "--config-out", str(tmp_path / "best.yaml")]) == 0
+                            "--retrain-seeds", "0", "--config-out", str(tmp_path / "best.yaml")]) == 0
     assert MlflowClient(uri).get_model_version_by_alias("proliv-autoencoder", "champion")

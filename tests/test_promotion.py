@@ -74,9 +74,11 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert "better validation objective" in (err := capsys.readouterr().err) and "pass --force" in err
     assert client.get_model_version_by_alias("itest-model", "champion").version == champion.version
     assert not (tmp_path / "w.yaml").exists()
-    assert run_search.main(["promote", *common, "--trial", worse, "--force", "--config-out",
-                            str(tmp_path / "w.yaml")]) == 0
-    capsys.readouterr()
+    assert run_search.main(["promote", *common, "--trial", worse, "--force"]) == 0
+    # Without --config-out, what promote writes goes to the sweep's own folder, and the path is printed.
+    folder = tiny_sweep.tmp / "ray" / tiny_sweep.experiment / "promote"
+    assert f"wrote {folder / 'best_config.yaml'}" in capsys.readouterr().out
+    assert (folder / "best_config.yaml").exists() and (folder / "site_review.tsv").exists()
     assert client.get_model_version_by_alias("itest-model", "champion").tags["trial_id"] == worse
 
     # predict with the champion: one row per crop, labels = score above the registered threshold.
@@ -143,7 +145,7 @@ def test_promote_retrain_reports_spread(tiny_sweep, tmp_path):
     val, tpr = spread["val_objective_by_seed"], spread["test_tpr_by_seed"]
     assert len(val) == len(tpr) == 2 and spread["chosen_seed"] == [0, 1][int(val[1] > val[0])]
     assert spread["test_tpr_std"] == pytest.approx(abs(tpr[0] - tpr[1]) / 2)
-    assert spread["test"]["tpr"] == pytest.approx(tpr[spread["chosen_seed"]])
+    assert result.promoted.report["tpr"] == pytest.approx(tpr[spread["chosen_seed"]])
     assert result.promoted.cfg["steps_per_epoch"] == result.promoted.cfg["samples_per_epoch"] == 0
     assert best_config(result.promoted.cfg)["seed"] == spread["chosen_seed"]
 

@@ -47,7 +47,7 @@ def test_reviewed_spills_count_in_the_part_their_name_falls_in():
     assert calibration.removed == tuple(n for n, m in zip(removed, mask) if m)
     assert len(selection.removed) + len(calibration.removed) == 6
     n_cal = len(calibration) + len(calibration.removed)
-    assert calibration.max_spill_fraction == pytest.approx(
+    assert calibration.spill_bound == pytest.approx(
         (math.floor(0.05 * n_cal + 1e-9) - len(calibration.removed)) / len(calibration))
 
 

@@ -68,3 +68,19 @@ def test_leaderboard_skips_a_trial_the_time_budget_never_started():
     never = SimpleNamespace(config=None, metrics_dataframe=None, metrics={}, path="x/b", error=None)
     frame = results_frame([started, never])
     assert list(frame["trial_id"]) == ["a"] and frame["score"].iloc[0] == "topk"
+
+
+def test_the_verdict_says_what_budget_the_seed_baselines_had():
+    import pandas as pd
+
+    from sweeps.leaderboard import search_verdict
+
+    frame = pd.DataFrame({"trial_id": ["a", "b", "c"], "baseline": ["", "seed000", "seed003"],
+                          "best_objective": [0.9, 0.5, 0.6], "tie_break": [0.0] * 3, "epochs": [4, 4, 4], "score": ["mse"] * 3,
+                          "variant": ["conv_ae", "conv_ae", "linear_vae"], "status": ["OK"] * 3})
+    cut = search_verdict(frame)
+    assert "best seed baseline 0.6000 (cut to this sweep's budget: 4 epochs" in cut
+    assert "their write-ups state 25-150 full passes; --space writeups runs them as written" in cut
+    assert "the search beat all of them" in cut
+    frame["epochs"] = [4, 25, 150]
+    assert "best seed baseline 0.6000 (at their write-ups' stated budgets)" in search_verdict(frame)

@@ -52,7 +52,7 @@ def test_reports_every_epoch_with_stable_keys_and_checkpoint(reports, tiny_split
     from anomaly_ae.stats.thresholds import site_threshold
 
     site = payload["val_scores"]["site"]["topk"]
-    threshold = site_threshold(site, 0.95, tiny_splits.site_selection.max_spill_fraction, tiny_splits.site_selection.delta)
+    threshold = site_threshold(site, 0.95, tiny_splits.site_selection.spill_bound, tiny_splits.site_selection.delta)
     assert metrics["site_threshold"] == threshold
     assert metrics["objective_site"] == np.mean(payload["val_scores"]["spill"]["topk"] > threshold)
     assert metrics["objective_clean"] == metrics["objective"]
@@ -141,7 +141,7 @@ def test_an_enqueued_trial_is_replayed_from_a_finished_run_unless_rerun(reports,
     (--rerun-baselines) it trains again."""
     from mlflow.tracking import MlflowClient
 
-    from trainables.fixed_work import data_key
+    from trainables.replay import data_key
     from anomaly_ae.tracking.mlflow_runs import SweepRun
     from search_spaces import baseline_points
     from sweeps.spec import SweepSpec

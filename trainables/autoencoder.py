@@ -22,7 +22,7 @@ from search_spaces.baselines import match_baseline
 from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
 from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data import Splits
-from trainables.fixed_work import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, fixed_work_key
+from trainables.replay import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, replay_key
 from anomaly_ae.models import model_spec
 from anomaly_ae.tracking.plots import reconstruction_grid, roc_plot, score_histogram
 from anomaly_ae.stats.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
@@ -139,7 +139,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
                       data_key: str | None = None, reuse: bool = True) -> None:
     """Ray Tune function trainable. ``splits`` arrives through the object store.
 
-    ``data_key`` (trainables.fixed_work) makes an enqueued trial's run findable by later sweeps; with
+    ``data_key`` (trainables.replay) makes an enqueued trial's run findable by later sweeps; with
     ``reuse``, an enqueued trial that a finished run in the store already trained is replayed from it.
     """
     if splits is None:
@@ -152,7 +152,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
     trial_id = _trial_identity()
     # Retried on another node or resumed, the trial reopens its own run (found by trial id).
     run = TrialRun(tracking, cfg, trial_id, config)
-    key = fixed_work_key(cfg, data_key) if cfg["baseline"] and data_key is not None and tracking else None
+    key = replay_key(cfg, data_key) if cfg["baseline"] and data_key is not None and tracking else None
     if key is not None:
         run.set_tags(**{KEY_TAG: key})
     earlier = None
@@ -253,7 +253,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
             # Ray keeps what resume needs (weights, optimizer state, epoch), only the latest one.
             save_checkpoint(Path(tmp) / CHECKPOINT_FILE, {**payload, "best_objective": best}, with_optimizer=True)
             if epoch == last_epoch:
-                if keep_reports and start_epoch == 0:  # what a later sweep replays (trainables.fixed_work)
+                if keep_reports and start_epoch == 0:  # what a later sweep replays (trainables.replay)
                     run.log_dict(reports, REPORTS_FILE)
                 # The scheduler may stop the trial inside this last report (ASHA does at
                 # max_t), so the run is closed first.

@@ -124,7 +124,11 @@ def content_hash(files: list[Path], extra: list[Path] = ()) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ANOMALY_AE_CACHE", Path.cwd() / ".cache" / "decoded"))
+    """Where decoded crops are cached: ``$ANOMALY_AE_CACHE``, else the user's cache folder (the same
+    whichever folder a command runs from)."""
+    if os.environ.get("ANOMALY_AE_CACHE"):
+        return Path(os.environ["ANOMALY_AE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anomaly_ae" / "decoded"
 
 
 def site_folder(root: Path, site) -> Path | None:

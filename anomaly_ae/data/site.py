@@ -33,7 +33,8 @@ class SitePool:
 
     ``stated_bound`` is the user's upper bound on the share of spills among the folder's crops, and
     ``delta`` the risk the site threshold may break its TNR promise. Crops a review found to be spills
-    (``removed``) are left out; ``max_spill_fraction`` is then the bound on what is left (``reviewed_bound``).
+    (``removed``) are left out; ``spill_bound`` is then the bound on what is left (``reviewed_bound``), while
+    ``stated_bound`` keeps what was stated (what ``describe`` records).
     ``part`` says which part of a split pool this is: "whole", "selection" or "calibration".
     """
 
@@ -47,12 +48,12 @@ class SitePool:
     review_file: str = ""
     reviewed_normals: int = 0
     part: str = "whole"
-    max_spill_fraction: float = field(init=False)
+    spill_bound: float = field(init=False)  # the bound the site rule uses: the stated one, less reviewed spills
 
     def __post_init__(self):
         n_folder = len(self.names) + len(self.removed)
-        self.max_spill_fraction = (reviewed_bound(n_folder, self.stated_bound, len(self.removed))
-                                   if self.removed else self.stated_bound)
+        self.spill_bound = (reviewed_bound(n_folder, self.stated_bound, len(self.removed))
+                            if self.removed else self.stated_bound)
 
     def __len__(self) -> int:
         return len(self.images)

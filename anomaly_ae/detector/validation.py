@@ -67,7 +67,7 @@ class SiteInput:
     bound, and the validation spills carried to the site (for the site_matched objective)."""
 
     images: torch.Tensor
-    max_spill_fraction: float = SITE_SPILL_BOUND
+    spill_bound: float = SITE_SPILL_BOUND
     delta: float = SITE_RISK
     matched_spills: torch.Tensor | None = None
 
@@ -82,7 +82,7 @@ class SiteInput:
             return t.to(device) if device is not None else t
 
         matched = getattr(splits, "val_spill_matched", None)
-        return cls(tensor(pool.images), pool.max_spill_fraction, pool.delta,
+        return cls(tensor(pool.images), pool.spill_bound, pool.delta,
                    None if matched is None else tensor(matched))
 
 
@@ -123,7 +123,7 @@ def site_metrics(site_scores: np.ndarray, spill_scores: np.ndarray, tnr: float, 
         if matched_scores is not None:
             worst.update(tpr_at_site_matched=0.0, site_matched_margin=math.nan)
         return worst
-    return site_summary(site_scores, spill_scores, tnr, site.max_spill_fraction, site.delta, matched_scores)
+    return site_summary(site_scores, spill_scores, tnr, site.spill_bound, site.delta, matched_scores)
 
 
 def score_summary(normal: np.ndarray, spill: np.ndarray, tnr: float) -> dict:

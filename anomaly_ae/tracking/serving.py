@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_ae.detector.evaluation import calibration_record
+from anomaly_ae.detector.testing import calibration_record
 from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 DETECTOR_FILE = "detector.json"
@@ -59,7 +59,7 @@ class ProlivDetector(mlflow.pyfunc.PythonModel):
         from anomaly_ae.stats.thresholds import site_threshold
 
         scores = self.score(pool.images)
-        threshold = site_threshold(scores, self.detector["tnr_target"], pool.max_spill_fraction, pool.delta)
+        threshold = site_threshold(scores, self.detector["tnr_target"], pool.spill_bound, pool.delta)
         self.detector = {**self.detector, "policy": "site", "threshold": threshold,
                          "calibration": calibration_record(scores, pool.describe())}
 
@@ -146,7 +146,7 @@ def predict_folder(tracking_uri: str, model_name: str, model: str, images: Path,
                               SITE_SPILL_BOUND if site_max_spill_fraction is None else site_max_spill_fraction,
                               SITE_RISK if site_delta is None else site_delta, site_review)
         detector_model.calibrate_on_site(pool)
-        recalibrated_on = {"crops": len(pool), "delta": pool.delta, "max_spill_fraction": pool.max_spill_fraction}
+        recalibrated_on = {"crops": len(pool), "delta": pool.delta, "max_spill_fraction": pool.spill_bound}
     detector = detector_model.detector
     frame = score_folder(loaded, images, tuple(detector["decode_size"]))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def data_key(sweep_tags: dict) -> str:
     return json.dumps(fixed, sort_keys=True)
 
 
-def fixed_work_key(cfg: dict, data: str) -> str:
+def replay_key(cfg: dict, data: str) -> str:
     """The key of one enqueued trial: its full validated config and the sweep's data key."""
     text = json.dumps({"config": cfg, "data": data}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -7,7 +7,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 import run_search
-from trainables.fixed_work import data_key, fixed_work_key
+from trainables.replay import data_key, replay_key
 
 pytestmark = pytest.mark.integration
 
@@ -16,13 +16,13 @@ def test_the_key_changes_with_the_config_the_seed_the_budget_and_the_data():
     tags = {"dataset_hash": "d1", "labelled_hash": "l1", "val_normal_fraction": "0.1", "val_spill_fraction": "1.0",
             "split_seed": "0", "space": "quick", "git_commit": "abc"}
     cfg = {"variant": "conv_ae", "seed": 0, "epochs": 4, "lr": 1e-3}
-    key = fixed_work_key(cfg, data_key(tags))
-    assert key == fixed_work_key(dict(reversed(list(cfg.items()))), data_key({**tags, "git_commit": "def"}))
+    key = replay_key(cfg, data_key(tags))
+    assert key == replay_key(dict(reversed(list(cfg.items()))), data_key({**tags, "git_commit": "def"}))
     for changed in ({**cfg, "seed": 1}, {**cfg, "epochs": 5}, {**cfg, "lr": 2e-3}):
-        assert fixed_work_key(changed, data_key(tags)) != key
+        assert replay_key(changed, data_key(tags)) != key
     for other in ({**tags, "dataset_hash": "d2"}, {**tags, "val_normal_fraction": "0.2"},
                   {**tags, "site_hash": "s1"}):
-        assert fixed_work_key(cfg, data_key(other)) != key
+        assert replay_key(cfg, data_key(other)) != key
 
 
 def test_a_second_sweep_warm_starts_from_the_first_and_replays_its_fixed_work(tiny_sweep, tmp_path, capsys):

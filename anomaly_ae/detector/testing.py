@@ -30,13 +30,13 @@ def site_calibration(site_scores: np.ndarray, tnr: float, pool: SitePool, mode: 
     (``matched``) by ``matched_site_threshold``, and records its assumptions' inputs."""
     record = {"scores": np.asarray(site_scores, dtype=np.float64), **pool.describe()}
     if mode == "distribution_free":
-        return {"threshold": site_threshold(site_scores, tnr, pool.max_spill_fraction, pool.delta),
+        return {"threshold": site_threshold(site_scores, tnr, pool.spill_bound, pool.delta),
                 "site_calibration_mode": mode, **record}
     if mode != "matched":
         raise ValueError(f"unknown site calibration {mode!r}; valid: {list(SITE_CALIBRATIONS)}")
     if matched is None:
         raise ValueError("the matched site calibration needs the carried validation crops' scores")
-    threshold, details = matched_site_threshold(site_scores, matched[0], matched[1], tnr, pool.max_spill_fraction,
+    threshold, details = matched_site_threshold(site_scores, matched[0], matched[1], tnr, pool.spill_bound,
                                                 pool.delta)
     return {"threshold": threshold, **details, **record}
 
