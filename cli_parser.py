@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sweeps.spec import (
-    DEFAULT_DATA, DEFAULT_STORAGE, DEFAULT_TRACKING, REPO, SweepSpec, add_site_arguments, non_negative_float,
-    non_negative_int, positive_int, risk,
-)
 from anomaly_ae.data.shifted import KINDS as SHIFTED_KINDS
 from anomaly_ae.data.textures import TEXTURES
 from anomaly_ae.stats.selection import OBJECTIVES
 from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS
+from sweeps.spec import (
+    DEFAULT_DATA, DEFAULT_STORAGE, DEFAULT_TRACKING, REPO, SweepSpec, add_site_arguments, non_negative_float,
+    non_negative_int, positive_int, risk,
+)
 
 DESCRIPTION = """Hyperparameter search for autoencoder spill detection.
 

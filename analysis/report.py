@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from analysis.fidelity import asha_rungs, rung_fidelity
+from analysis.importance import param_importances
 from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE
 from anomaly_ae.tracking.mlflow_runs import log_sweep_report
-from analysis.importance import param_importances
-from analysis.fidelity import asha_rungs, rung_fidelity
-from sweeps.leaderboard import leaderboard_rows, markdown_table, search_verdict
 from search_spaces.baselines import is_seed_baseline
+from sweeps.leaderboard import leaderboard_rows, markdown_table, search_verdict
 from sweeps.runs import download_checkpoint, find_parent_run, reference_frame, sweep_frame
 
 REPORT_DIR = "analysis"
@@ -58,6 +58,22 @@ def fidelity_lines(fidelity: pd.DataFrame, rungs: list[int]) -> list[str]:
                 "budget. A sweep with --scheduler fifo runs every trial to the end."]
     shown = fidelity.assign(asha_rung=fidelity["epoch"].isin(rungs).map({True: "yes", False: ""}))
     return [markdown_table(shown)]
+
+
+def draw_figures(client, frame: pd.DataFrame, importances: dict, folder: Path) -> list[str]:
+    """The report's PNGs in ``folder``: the objective over trials, by variant and by score, importances, and
+    the best trial's score histogram (its downloaded weights removed again)."""
+    figures = [plots.objective_over_trials(frame, folder / "objective_over_trials.png"),
+               plots.objective_by(frame, "variant", folder / "objective_by_variant.png"),
+               plots.objective_by(frame, "score", folder / "objective_by_score.png")]
+    if importances:
+        figures.append(plots.importance_bars(importances, folder / "param_importance.png"))
+    hist = _best_trial_histogram(client, frame, folder)
+    if hist:
+        figures.append(hist)
+    for name in (MODEL_FILE, CHECKPOINT_FILE):
+        (folder / name).unlink(missing_ok=True)
+    return figures
 
 
 def analyze(client, experiment: str, parent_run_id: str | None = None, top: int = 10,
@@ -112,20 +128,10 @@ def analyze(client, experiment: str, parent_run_id: str | None = None, top: int 
     lines += ["", "## Figures", ""]
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        figures = [plots.objective_over_trials(frame, folder / "objective_over_trials.png"),
-                   plots.objective_by(frame, "variant", folder / "objective_by_variant.png"),
-                   plots.objective_by(frame, "score", folder / "objective_by_score.png")]
-        if importances:
-            figures.append(plots.importance_bars(importances, folder / "param_importance.png"))
-        hist = _best_trial_histogram(client, frame, folder)
-        if hist:
-            figures.append(hist)
+        figures = draw_figures(client, frame, importances, Path(tmp))
         lines += [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
         markdown = "\n".join(lines) + "\n"
-        (folder / "report.md").write_text(markdown)
-        for name in (MODEL_FILE, CHECKPOINT_FILE):
-            (folder / name).unlink(missing_ok=True)
+        (Path(tmp) / "report.md").write_text(markdown)
         if log:
             log_sweep_report(client.tracking_uri, parent.info.run_id, tmp, REPORT_DIR,
                              {"analysis_report": f"{REPORT_DIR}/report.md"})

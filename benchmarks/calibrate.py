@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from search_spaces.baselines import SEED_BASELINES
-from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data import load_proliv, make_splits
+from anomaly_ae.detector.config import validate_config
 from anomaly_ae.detector.testing import test_report
 from anomaly_ae.detector.validation import train_and_validate
+from search_spaces.baselines import SEED_BASELINES
 
 # A config the search space can reach that copes with the test shift: brightness,
 # contrast and colour jitter plus small shifts in training, and a local score.

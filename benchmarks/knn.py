@@ -13,10 +13,10 @@ import time
 import pandas as pd
 import torch
 
-from search_spaces.baselines import KNN_REFERENCE
 from anomaly_ae.detector.config import validate_config
 from anomaly_ae.detector.training import build_trial, fit_closed_form
 from anomaly_ae.detector.validation import score_images
+from search_spaces.baselines import KNN_REFERENCE
 
 logger = logging.getLogger(__name__)
 

@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from anomaly_ae.detector.config import validate_config
 from anomaly_ae.data.loading import decode_images, list_images
-from anomaly_ae.models import list_models, model_spec
+from anomaly_ae.detector.config import validate_config
 from anomaly_ae.detector.training import build_optimizer, build_trial, train_one_epoch
+from anomaly_ae.models import list_models, model_spec
 
 logger = logging.getLogger(__name__)
 

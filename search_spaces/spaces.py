@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from search_spaces.baselines import baseline_configs, startup_configs
+from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
 from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.models.registry import LATENT_SCORES
-from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
+from search_spaces.baselines import baseline_configs, startup_configs
 
 IMAGE_SIZES = ["32x48", "32x32", "40x72", "64x64"]
 BATCH_SIZES = [16, 32, 64, 128, 256, 512]

@@ -5,11 +5,11 @@ import math
 
 import pandas as pd
 
-from sweeps.runs import trial_row
-from search_spaces.baselines import SEED_BASELINES, is_seed_baseline, match_baseline
 from anomaly_ae.detector.config import validate_config
 from anomaly_ae.stats.selection import OBJECTIVE_MARGIN, tie_break
 from search_spaces import config_from_params
+from search_spaces.baselines import SEED_BASELINES, is_seed_baseline, match_baseline
+from sweeps.runs import trial_row
 
 
 def results_frame(results) -> pd.DataFrame:

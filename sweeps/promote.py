@@ -20,16 +20,16 @@ import pandas as pd
 import torch
 import yaml
 
-from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
-from search_spaces.baselines import SEED_BASELINES
+from anomaly_ae.data.site import split_description
+from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
 from anomaly_ae.detector.testing import (
     calibrate_at_site, calibration_record, operating_report, report_at_policies, test_report,
 )
-from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
-from anomaly_ae.data.site import split_description
-from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION
 from anomaly_ae.detector.validation import train_and_validate
+from anomaly_ae.stats.thresholds import DEFAULT_SITE_CALIBRATION
+from search_spaces.baselines import SEED_BASELINES
 from sweeps.review import ReviewFiles, log_review, write_review_files
+from sweeps.runs import SweepNotFound, download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 
 logger = logging.getLogger(__name__)
 
@@ -397,87 +397,30 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     detector; ``ship`` says which is registered (``choose_shipped``). 0 builds no ensemble."""
     parent = find_parent_run(client, experiment, parent_run_id)
     config_out = promotion_folder(parent, experiment) / "best_config.yaml" if config_out is None else config_out
+    objective = parent.data.tags.get("objective", "clean")
     frame = sweep_frame(client, parent)
-    if trial is not None:
-        # A trial id, a run id, or an enqueued trial's name (seed000, start:knn5).
-        chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial) | (frame["baseline"] == trial)]
-        if chosen.empty:
-            raise SweepNotFound(f"--trial: no trial {trial!r} in sweep {parent.info.run_id}; "
-                                f"trials: {', '.join(frame['trial_id'])}")
-        row = chosen.iloc[0]
-    else:
-        ok = frame[frame["best_objective"].notna() & (frame["status"] != "DIVERGED")]
-        if ok.empty:
-            raise SweepNotFound(f"sweep {parent.info.run_id} has no trial with a finite objective")
-        row = ok.iloc[0]
+    row = chosen_row(frame, trial, parent.info.run_id)
     data, splits = load_sweep_data(parent, data_dir, site_dir, site_max_spill_fraction, site_delta,
                                    site_review, site_calibration_share)
-
-    def policies(baseline: str, cfg: dict) -> tuple[str, ...]:
-        own = stated_policy(baseline, cfg)
-        return (threshold_policy,) if own == threshold_policy else (threshold_policy, own)
-
+    # An ensemble is the sweep's top K: it competes with the best trial, not with a chosen one.
+    wants_ensemble = ensemble and (ship == "ensemble" or (ship == "auto" and trial is None and not retrain_seeds))
+    members = ensemble_rows(frame, ensemble, ensemble_distinct, required=ship == "ensemble") if wants_ensemble \
+        else frame[:0]
     with tempfile.TemporaryDirectory() as tmp:
         payload = download_checkpoint(client, row["run_id"], Path(tmp))
-        members = frame[:0]
-        # An ensemble is the sweep's top K: it competes with the best trial, not with a chosen one.
-        if ensemble and (ship == "ensemble" or (ship == "auto" and trial is None and not retrain_seeds)):
-            try:
-                members = ensemble_members(frame, ensemble, ensemble_distinct)
-            except SweepNotFound as exc:
-                if ship == "ensemble":
-                    raise
-                logger.info(f"no ensemble: {exc}")
         member_payloads = [download_checkpoint(client, m["run_id"], Path(tmp) / f"member-{m['run_id']}")
                            for _, m in members.iterrows()]
-        compared = frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])] if baselines else frame[:0]
-        baseline_candidates = []
-        for _, b in compared.iterrows():
-            try:
-                b_payload = download_checkpoint(client, b["run_id"], Path(tmp) / b["run_id"])
-            except SweepNotFound as exc:
-                logger.info(f"  baseline {b['baseline']} left out: {exc}")
-                continue
-            own = stated_policy(b["baseline"], b_payload["config"])
-            baseline_candidates.append(Candidate.of_trial(
-                b["baseline"], b["trial_id"], b["run_id"], b_payload,
-                evaluate_once(b_payload, splits, policies(b["baseline"], b_payload["config"]), site_calibration),
-                own_policy=own,
-                reused_from=b.get("reused_from", "")))
-    name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
-    own = stated_policy(row["baseline"], payload["config"])
-    spread = {}
-    if retrain_seeds:
-        logger.info(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
-        payload, spread = retrain(payload["config"], splits, list(retrain_seeds),
-                                  policies(row["baseline"], payload["config"]), site_calibration)
-        report = spread.pop("test")
-    else:
-        report = evaluate_once(payload, splits, policies(row["baseline"], payload["config"]), site_calibration)
-    # The registered detector runs at the operating point it was evaluated at.
-    payload = {**payload, "config": {**payload["config"], "threshold_policy": threshold_policy}}
-    promoted = Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, retrain_spread=spread,
-                                  own_policy=own)
-    refs = []
-    if references:
-        refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"],
-                                    parent.data.tags.get("objective", "clean"), site_calibration)
+        compared = baseline_candidates(client, frame[(frame["baseline"] != "") & (frame["run_id"] != row["run_id"])]
+                                       if baselines else frame[:0], splits, threshold_policy, site_calibration, Path(tmp))
+    promoted = champion_candidate(row, payload, splits, retrain_seeds, threshold_policy, site_calibration)
+    refs = reference_candidates(splits, threshold_policy, promoted.cfg["tnr_target"], objective,
+                                site_calibration) if references else []
     other = []
     if len(members):
-        logger.info(f"combining the {len(members)} best {'variants' if ensemble_distinct else 'trials'}: "
-                    + ", ".join(f"{m['trial_id']} ({m['variant']})" for _, m in members.iterrows()))
-        combined = ensemble_candidate(member_payloads, members, splits, threshold_policy,
-                                      parent.data.tags.get("objective", "clean"), site_calibration)
-        shipped = choose_shipped(promoted, combined, ship)
-        other = [combined if shipped is promoted else promoted]
-        other[0].name = "single champion" if shipped is combined else f"ensemble of {len(members)} (not shipped)"
-        if shipped is promoted:
-            logger.info(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
-                        f"champion's {promoted.val_objective:.4f}: the single champion ships")
-        promoted = shipped
-    table = comparison_table([promoted, *other, *sorted(baseline_candidates, key=lambda c: c.name), *refs])
+        combined = ensemble_candidate(member_payloads, members, splits, threshold_policy, objective, site_calibration)
+        promoted, other = shipped_and_other(promoted, combined, ship, len(members))
+    table = comparison_table([promoted, *other, *sorted(compared, key=lambda c: c.name), *refs])
     markdown = report_markdown(promoted, table, experiment)
-    objective = parent.data.tags.get("objective", "clean")
     key = comparable_key(data.labelled_hash, objective,
                          splits.site_selection.content_hash if splits.site_selection is not None else "")
     reason = champion_check(client, model_name, promoted.val_objective, key)
@@ -491,6 +434,86 @@ def promote(client, tracking_uri: str, experiment: str, trial: str | None = None
     if "site" in promoted.report:
         review = review_round(client, version, promoted, data.site, splits.site_calibration, Path(config_out).parent)
     return Promotion(promoted, table, version, config_path, markdown, review)
+
+
+def chosen_row(frame: pd.DataFrame, trial: str | None, parent_run_id: str) -> pd.Series:
+    """The trial to promote: ``trial`` (a trial id, a run id, or an enqueued name: seed000, start:knn5), or
+    the sweep's best that did not diverge."""
+    if trial is not None:
+        chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial) | (frame["baseline"] == trial)]
+        if chosen.empty:
+            raise SweepNotFound(f"--trial: no trial {trial!r} in sweep {parent_run_id}; "
+                                f"trials: {', '.join(frame['trial_id'])}")
+        return chosen.iloc[0]
+    ok = frame[frame["best_objective"].notna() & (frame["status"] != "DIVERGED")]
+    if ok.empty:
+        raise SweepNotFound(f"sweep {parent_run_id} has no trial with a finite objective")
+    return ok.iloc[0]
+
+
+def ensemble_rows(frame: pd.DataFrame, k: int, distinct: bool, required: bool) -> pd.DataFrame:
+    """The ensemble's members; none (with a note) when the sweep has too few, unless ``required``."""
+    try:
+        return ensemble_members(frame, k, distinct)
+    except SweepNotFound as exc:
+        if required:
+            raise
+        logger.info(f"no ensemble: {exc}")
+        return frame[:0]
+
+
+def policies_for(threshold_policy: str, baseline: str, cfg: dict) -> tuple[str, ...]:
+    """The promoted policy first, then the trial's own stated one when it differs."""
+    own = stated_policy(baseline, cfg)
+    return (threshold_policy,) if own == threshold_policy else (threshold_policy, own)
+
+
+def baseline_candidates(client, rows: pd.DataFrame, splits, threshold_policy: str, site_calibration: str,
+                        folder: Path) -> list[Candidate]:
+    """The sweep's enqueued trials (seed baselines, start points), each tested once beside the champion."""
+    out = []
+    for _, b in rows.iterrows():
+        try:
+            payload = download_checkpoint(client, b["run_id"], folder / b["run_id"])
+        except SweepNotFound as exc:
+            logger.info(f"  baseline {b['baseline']} left out: {exc}")
+            continue
+        report = evaluate_once(payload, splits, policies_for(threshold_policy, b["baseline"], payload["config"]),
+                               site_calibration)
+        out.append(Candidate.of_trial(b["baseline"], b["trial_id"], b["run_id"], payload, report,
+                                      own_policy=stated_policy(b["baseline"], payload["config"]),
+                                      reused_from=b.get("reused_from", "")))
+    return out
+
+
+def champion_candidate(row: pd.Series, payload: dict, splits, retrain_seeds, threshold_policy: str,
+                       site_calibration: str) -> Candidate:
+    """The chosen trial, retrained per seed when asked, tested once; it runs at ``threshold_policy``."""
+    policies = policies_for(threshold_policy, row["baseline"], payload["config"])
+    own = stated_policy(row["baseline"], payload["config"])
+    spread = {}
+    if retrain_seeds:
+        logger.info(f"retraining trial {row['trial_id']} with seeds {list(retrain_seeds)} ...")
+        payload, spread = retrain(payload["config"], splits, list(retrain_seeds), policies, site_calibration)
+        report = spread.pop("test")
+    else:
+        report = evaluate_once(payload, splits, policies, site_calibration)
+    payload = {**payload, "config": {**payload["config"], "threshold_policy": threshold_policy}}
+    name = f"promoted ({row['baseline']})" if row["baseline"] else "promoted"
+    return Candidate.of_trial(name, row["trial_id"], row["run_id"], payload, report, retrain_spread=spread,
+                              own_policy=own)
+
+
+def shipped_and_other(single: Candidate, combined: Candidate, ship: str, k: int) -> tuple[Candidate, list[Candidate]]:
+    """Which of the single champion and the ensemble ships (``choose_shipped``), and the other, renamed."""
+    logger.info(f"combining the {k} best trials: {combined.trial_id.replace('+', ', ')}")
+    shipped = choose_shipped(single, combined, ship)
+    other = combined if shipped is single else single
+    other.name = "single champion" if shipped is combined else f"ensemble of {k} (not shipped)"
+    if shipped is single:
+        logger.info(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
+                    f"champion's {single.val_objective:.4f}: the single champion ships")
+    return shipped, [other]
 
 
 def data_share(parent, override: float | None) -> float:

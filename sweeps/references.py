@@ -18,13 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from search_spaces.baselines import KNN_REFERENCE, PCA_REFERENCE
 from anomaly_ae.detector.config import validate_config
-from anomaly_ae.stats.selection import score_objective
 from anomaly_ae.detector.training import build_trial, fit_closed_form
 from anomaly_ae.detector.validation import SiteInput, nuisance_split, score_images, score_summary, site_metrics
 from anomaly_ae.stats.metrics import TNR_TARGET
+from anomaly_ae.stats.selection import score_objective
 from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE
+from search_spaces.baselines import KNN_REFERENCE, PCA_REFERENCE
 
 REFERENCES = {"pca16": (PCA_REFERENCE, "PCA, 16 components, RGB 32x48, MSE"),
               "knn5": (KNN_REFERENCE, "kNN distance, k=5, RGB pixels 32x48 pooled to 16x24")}

@@ -68,21 +68,25 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def crop_figure(i: int, name: str, score: float, verdict: str, image: np.ndarray | None, threshold: float) -> str:
+    """One crop of the page: the picture (or why it is gone), its score, and the spill / normal choice."""
+    picture = (f'<img src="{png_data_uri(image)}" alt="{html.escape(name)}">' if image is not None
+               else '<div class="gone">left out of the pool<br>(an earlier round marked it)</div>')
+    choices = "".join(
+        f'<label><input type="radio" name="v{i}" value="{value}"{" checked" if verdict == value else ""}> '
+        f'{label}</label>' for value, label in (("spill", "spill"), ("normal", "normal"), ("", "not looked at")))
+    score_text = "" if math.isnan(score) else f"{score:.6g}"
+    flag = " · <b>above the threshold</b>" if score > threshold else ""
+    return (f'<figure class="crop" data-name="{html.escape(name)}" data-score="{score_text}">{picture}'
+            f'<figcaption>{html.escape(name)} · score {score_text or "-"}{flag}</figcaption>{choices}</figure>')
+
+
 def review_page(rows: list[tuple[str, float, str]], images: dict[str, np.ndarray], title: str,
                 threshold: float = math.inf) -> str:
     """A self-contained page: each crop at a readable size with its score, a spill / normal choice, and a
     button that saves the review file exactly as ``read_review`` reads it."""
-    figures = []
-    for i, (name, score, verdict) in enumerate(rows):
-        picture = (f'<img src="{png_data_uri(images[name])}" alt="{html.escape(name)}">' if name in images
-                   else '<div class="gone">left out of the pool<br>(an earlier round marked it)</div>')
-        choices = "".join(
-            f'<label><input type="radio" name="v{i}" value="{value}"{" checked" if verdict == value else ""}> '
-            f'{label}</label>' for value, label in (("spill", "spill"), ("normal", "normal"), ("", "not looked at")))
-        score_text = "" if math.isnan(score) else f"{score:.6g}"
-        flag = " · <b>above the threshold</b>" if score > threshold else ""
-        figures.append(f'<figure class="crop" data-name="{html.escape(name)}" data-score="{score_text}">{picture}'
-                       f'<figcaption>{html.escape(name)} · score {score_text or "-"}{flag}</figcaption>{choices}</figure>')
+    figures = [crop_figure(i, name, score, verdict, images.get(name), threshold)
+               for i, (name, score, verdict) in enumerate(rows)]
     header = json.dumps("\t".join(REVIEW_HEADER))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from anomaly_ae.stats.metrics import clopper_pearson
-from anomaly_ae.tracking.mlflow_runs import run_metric
 from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
+from anomaly_ae.tracking.mlflow_runs import run_metric
 
 
 class SweepNotFound(LookupError):

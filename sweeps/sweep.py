@@ -17,11 +17,11 @@ from typing import Callable
 
 import pandas as pd
 
-from trainables.replay import data_key
 from anomaly_ae.stats.selection import site_blend
 from sweeps.spec import (
     DEFAULT_OBJECTIVE, REPO, SpecError, SweepSpec, configure_environment, ensure_dataset,
 )
+from trainables.replay import data_key
 
 logger = logging.getLogger(__name__)
 

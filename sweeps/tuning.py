@@ -16,9 +16,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.baselines import is_seed_baseline
 from anomaly_ae.detector.checkpoints import MODEL_FILE
 from anomaly_ae.tracking.mlflow_runs import SweepRun, Tracking
+from search_spaces.baselines import is_seed_baseline
 from trainables.autoencoder import train_autoencoder
 
 # MLflow credentials travel to cluster nodes with the trials (a basic-auth tracking server).

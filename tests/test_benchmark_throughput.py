@@ -2,8 +2,8 @@
 import pandas as pd
 import pytest
 
-import run_search
 from benchmarks.throughput import COLUMNS
+import run_search
 
 
 def test_benchmark_writes_the_epochs_side_by_side(tiny_data_dir, tmp_path, capsys):

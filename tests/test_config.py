@@ -1,10 +1,10 @@
 import optuna
 import pytest
 
-from search_spaces.baselines import SEED_BASELINES, START_POINTS, baseline_configs, match_baseline
 from anomaly_ae.detector.config import ConfigError, model_params, validate_config
 from anomaly_ae.models import list_models
 from search_spaces import SPACES, baseline_points, config_from_params, get_space
+from search_spaces.baselines import SEED_BASELINES, START_POINTS, baseline_configs, match_baseline
 
 
 def test_defaults_fill_and_validate():

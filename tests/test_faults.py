@@ -15,9 +15,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import run_search
 from anomaly_ae.detector.checkpoints import MODEL_FILE, UntrustedCheckpoint, load_checkpoint
 from anomaly_ae.models import model_spec
+import run_search
 from services import (
     TwoNodeCluster, free_port, run_cli, start_cli, start_mlflow_server, stop, tiny_sweep_args, wait_until,
 )

@@ -7,10 +7,10 @@ import ray
 import torch
 from mlflow.tracking import MlflowClient
 
-import run_search
-import trainables.autoencoder as trainable_module
 from anomaly_ae.detector.training import pick_device
+import run_search
 from services import tiny_sweep_args, unexpected_statuses
+import trainables.autoencoder as trainable_module
 
 pytestmark = [pytest.mark.gpu, pytest.mark.integration,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device visible to torch")]

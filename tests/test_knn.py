@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from anomaly_ae.detector.checkpoints import load_checkpoint, save_checkpoint
+from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
 from anomaly_ae.detector.config import ConfigError, validate_config
 from anomaly_ae.detector.latent_bank import bank_indices, fit_bank, latent_hybrid
-from anomaly_ae.models import build_model
-from anomaly_ae.models.neighbours import knn_distances
-from anomaly_ae.detector.checkpoints import checkpoint_payload, load_trained
 from anomaly_ae.detector.training import build_trial, train_one_epoch
 from anomaly_ae.detector.validation import score_images
+from anomaly_ae.models import build_model
+from anomaly_ae.models.neighbours import knn_distances
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

@@ -9,8 +9,8 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-import run_search
 from anomaly_ae.tracking.mlflow_runs import runs_page
+import run_search
 from services import REPO, free_port, start_mlflow_server, stop, tiny_sweep_args
 
 # slow: minutes of real processes; CI's suite must stay under 10 minutes (README, "Tests": what CI runs)

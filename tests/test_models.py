@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from anomaly_ae.detector.config import validate_config
-from anomaly_ae.models import build_model, list_models, model_spec, register_model
 from anomaly_ae.detector.training import build_trial, step_loss, synthetic_step_loss, train_one_epoch
+from anomaly_ae.models import build_model, list_models, model_spec, register_model
 
 
 def test_registry_lists_every_seed_family():

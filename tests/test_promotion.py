@@ -5,9 +5,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from analysis.report import analyze
 import run_search
 from sweeps.promote import best_config, promote
-from analysis.report import analyze
 from sweeps.runs import download_checkpoint, find_parent_run, load_sweep_data, sweep_frame
 
 pytestmark = pytest.mark.integration

@@ -5,12 +5,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import run_search
 from anomaly_ae.data import load_proliv
+import run_search
 from services import free_port, http_json, stop, wait_until
 
 pytestmark = pytest.mark.integration

@@ -6,10 +6,10 @@ import torch
 from anomaly_ae.detector.checkpoints import checkpoint_payload, load_checkpoint, load_trained, save_checkpoint
 from anomaly_ae.detector.config import ConfigError, validate_config
 from anomaly_ae.detector.losses import focal_loss
-from anomaly_ae.models.cutpaste import ledoit_wolf
 from anomaly_ae.detector.scores import compute_scores
 from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS, AnomalyRecipe, masks, synthesize
 from anomaly_ae.detector.validation import score_images, score_types_for, train_and_validate
+from anomaly_ae.models.cutpaste import ledoit_wolf
 
 
 def crops(n=256, seed=0):

@@ -6,9 +6,9 @@ import socket
 import optuna
 import pytest
 
-import run_search
-from anomaly_ae.tracking.study_storage import StudyStorageError, claim_study_name, open_study_storage, sweep_study_name
 from anomaly_ae.tracking.server import ServerConfigError, ServerSpec, pool_settings, redact
+from anomaly_ae.tracking.study_storage import StudyStorageError, claim_study_name, open_study_storage, sweep_study_name
+import run_search
 
 
 @pytest.mark.parametrize("trials, workers, max_connections, pool, overflow", [

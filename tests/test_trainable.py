@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import trainables.autoencoder as trainable_module
 from anomaly_ae.detector.checkpoints import load_checkpoint
+import trainables.autoencoder as trainable_module
 from trainables.autoencoder import train_autoencoder
 
 

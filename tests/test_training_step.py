@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import anomaly_ae.detector.training as training
 from anomaly_ae.detector.config import validate_config
+import anomaly_ae.detector.training as training
 from anomaly_ae.detector.training import DivergedError, build_trial, train_one_epoch
 
 PROJECT = Path(training.__file__).resolve().parent

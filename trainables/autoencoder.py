@@ -18,18 +18,18 @@ import numpy as np
 import torch
 from ray import tune
 
-from search_spaces.baselines import match_baseline
+from anomaly_ae.data import Splits
 from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
 from anomaly_ae.detector.config import validate_config
-from anomaly_ae.data import Splits
-from trainables.replay import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, replay_key
-from anomaly_ae.models import model_spec
-from anomaly_ae.tracking.plots import reconstruction_grid, roc_plot, score_histogram
-from anomaly_ae.stats.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
-from anomaly_ae.tracking.mlflow_runs import Tracking, TrackingUnavailable, TrialRun, trial_run_name
 from anomaly_ae.detector.training import DivergedError, build_trial, train_one_epoch
 from anomaly_ae.detector.validation import SiteInput, evaluate, judge, nuisance_split, score_images
+from anomaly_ae.models import model_spec
+from anomaly_ae.stats.selection import OBJECTIVE_COLUMNS, OBJECTIVE_MARGIN, site_blend, tie_break
+from anomaly_ae.tracking.mlflow_runs import Tracking, TrackingUnavailable, TrialRun, trial_run_name
+from anomaly_ae.tracking.plots import reconstruction_grid, roc_plot, score_histogram
 from search_spaces import config_from_params
+from search_spaces.baselines import match_baseline
+from trainables.replay import KEY_TAG, REPORTS_FILE, REUSED_TAG, find_reusable_run, replay_key
 
 # How long a trial being torn down (stopped by the scheduler) waits for its queued MLflow writes.
 TEARDOWN_FLUSH_S = 30.0
@@ -196,6 +196,29 @@ def _replay(cfg: dict, run: TrialRun, origin_run_id: str, reports: list[dict]) -
         tune.report(report)
 
 
+def resume_from_checkpoint(state) -> tuple[int, float]:
+    """(epochs done, best objective so far): from Tune's checkpoint when the trial restarts, else (0, -inf)."""
+    resumed = tune.get_checkpoint()
+    if resumed is None:
+        return 0, -math.inf
+    with resumed.as_directory() as d:
+        payload = load_checkpoint(Path(d) / CHECKPOINT_FILE, map_location=state.device)
+    state.model.load_state_dict(payload["model_state"])
+    if state.optimizer is not None:
+        state.optimizer.load_state_dict(payload["optimizer_state"])
+    state.epoch = payload["epoch"]
+    return payload["epoch"], payload.get("best_objective", -math.inf)
+
+
+def trial_facts(state, cfg: dict, node_id: str) -> dict:
+    """What an epoch report carries besides its figures: where it ran, what the latent scores cost so far,
+    the GPU memory peak, and which enqueued trial it is."""
+    facts = {"node_id": node_id, "latent_seconds": state.latent_seconds, "baseline": cfg["baseline"] or ""}
+    if state.device.type == "cuda":
+        facts["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(state.device) / 2**20
+    return facts
+
+
 def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False) -> None:
     state = build_trial(cfg, torch.from_numpy(np.ascontiguousarray(splits.train)))
     dev = state.device
@@ -204,16 +227,7 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
                for k in ("train", "val_normal", "val_spill")}
     shifted = nuisance_split(tensors["val_normal"], tensors["val_spill"], cfg)
     site = SiteInput.of(splits, dev)
-    start_epoch, best = 0, -math.inf
-    resumed = tune.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            payload = load_checkpoint(Path(d) / CHECKPOINT_FILE, map_location=dev)
-        state.model.load_state_dict(payload["model_state"])
-        if state.optimizer is not None:
-            state.optimizer.load_state_dict(payload["optimizer_state"])
-        state.epoch = start_epoch = payload["epoch"]
-        best = payload.get("best_objective", -math.inf)
+    start_epoch, best = resume_from_checkpoint(state)
     # A closed-form variant is fitted once: one report, then the trial is done.
     last_epoch = 1 if model_spec(cfg["variant"]).closed_form else cfg["epochs"]
     node_id = current_node_id()
@@ -232,13 +246,8 @@ def _train(cfg: dict, splits: Splits, run: TrialRun, keep_reports: bool = False)
             continue
         metrics, val_scores = evaluate(state, cfg, tensors["val_normal"], tensors["val_spill"], shifted, site)
         verdict = judge(metrics, val_scores, cfg)
-        report = epoch_report(epoch, train_loss, metrics, verdict, time.perf_counter() - tick)
-        report["node_id"] = node_id
-        report["latent_seconds"] = state.latent_seconds  # the latent-distance scores' cost so far
-        if dev.type == "cuda":
-            report["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-        report["baseline"] = cfg["baseline"] or ""
-        report["final"] = int(epoch == last_epoch)
+        report = {**epoch_report(epoch, train_loss, metrics, verdict, time.perf_counter() - tick),
+                  **trial_facts(state, cfg, node_id), "final": int(epoch == last_epoch)}
         run.log_report(report, epoch)
         reports.append(report)
         judged = {**cfg, "score": verdict["score"]}

@@ -208,20 +208,22 @@ def load_proliv(root, size: tuple[int, int] = DEFAULT_SIZE, cache_dir: Path | No
         content_hash=key, root=str(root), site=site_pool(decode_images(site_files, size) if site_key else None),
         labelled_hash=labelled,
     )
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted run never leaves a half-written cache.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".npz.tmp")
     arrays = {"train": data.train, "proliv": data.proliv, "test": data.test}
-    if data.site is not None:
-        arrays["site"] = data.site.images
+    write_cache(cache_file, arrays if data.site is None else {**arrays, "site": data.site.images})
+    return data
+
+
+def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write then rename, so an interrupted run never leaves a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, cache_file)
+        os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return data
 
 
 @dataclass

@@ -20,8 +20,8 @@ from anomaly_ae.detector.augmentation import Preprocess
 from anomaly_ae.detector.config import model_params
 from anomaly_ae.detector.latent_bank import LatentBank
 from anomaly_ae.detector.losses import PerceptualDistance
-from anomaly_ae.models import build_model
 from anomaly_ae.detector.training import TrialState, build_optimizer, needs_perceptual, pick_device
+from anomaly_ae.models import build_model
 
 CHECKPOINT_FILE = "checkpoint.pt"  # resume: weights, optimizer state, epoch
 MODEL_FILE = "model.pt"  # promotion and serving: weights, config, preprocessing, validation scores

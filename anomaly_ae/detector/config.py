@@ -10,11 +10,11 @@ import math
 from typing import Any
 
 from anomaly_ae.detector.losses import LOSS_TYPES, PERCEPTUAL_WEIGHT_FILES
-from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.detector.scores import DEFAULT_SCORE_PARAMS, SCORE_TYPES
+from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
+from anomaly_ae.models import list_models, model_spec
 from anomaly_ae.stats.metrics import TNR_TARGET
 from anomaly_ae.stats.selection import DEFAULT_OBJECTIVE, OBJECTIVES, SCORE_SELECTIONS
-from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS
 from anomaly_ae.stats.thresholds import THRESHOLD_POLICIES
 
 NORMALISATIONS = ("none", "dataset", "minus_one_one", "per_crop")

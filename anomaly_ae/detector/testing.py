@@ -5,12 +5,12 @@ import numpy as np
 import torch
 
 from anomaly_ae.data import SitePool, Splits
+from anomaly_ae.detector.training import TrialState
+from anomaly_ae.detector.validation import score_images
 from anomaly_ae.stats.metrics import evaluation_report, tpr_at_tnr
 from anomaly_ae.stats.thresholds import (
     DEFAULT_SITE_CALIBRATION, SITE_CALIBRATIONS, matched_site_threshold, select_threshold, site_threshold,
 )
-from anomaly_ae.detector.training import TrialState
-from anomaly_ae.detector.validation import score_images
 
 
 def calibration_record(scores, site_fields: dict | None = None) -> dict:

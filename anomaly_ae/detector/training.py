@@ -23,11 +23,11 @@ from anomaly_ae.detector.augmentation import Preprocess, augment, corrupt_with_s
 from anomaly_ae.detector.config import model_params
 from anomaly_ae.detector.latent_bank import LatentBank, bank_indices, fit_bank
 from anomaly_ae.detector.losses import PerceptualDistance, focal_loss, kl_loss, reconstruction_loss
-from anomaly_ae.models import build_model, model_spec
-from anomaly_ae.models.vae import kl_beta_of
-from anomaly_ae.models.registry import LATENT_SCORES
 from anomaly_ae.detector.scores import mse_score
 from anomaly_ae.detector.synthetic_anomalies import AnomalyRecipe, synthesize
+from anomaly_ae.models import build_model, model_spec
+from anomaly_ae.models.registry import LATENT_SCORES
+from anomaly_ae.models.vae import kl_beta_of
 
 
 class DivergedError(RuntimeError):

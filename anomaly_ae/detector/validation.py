@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from anomaly_ae.detector.config import score_params
-from anomaly_ae.stats.metrics import detection_summary, operating_margin
-from anomaly_ae.models import model_spec
-from anomaly_ae.models.registry import LATENT_SCORES
 from anomaly_ae.detector.nuisance import perturb_nuisance
 from anomaly_ae.detector.scores import RESIDUAL_SCORES, compute_scores
-from anomaly_ae.stats.selection import choose_score, score_objective, selection_bias, site_summary
 from anomaly_ae.detector.training import TrialState, build_trial, model_input, needs_perceptual, train_one_epoch
+from anomaly_ae.models import model_spec
+from anomaly_ae.models.registry import LATENT_SCORES
+from anomaly_ae.stats.metrics import detection_summary, operating_margin
+from anomaly_ae.stats.selection import choose_score, score_objective, selection_bias, site_summary
 from anomaly_ae.stats.thresholds import SITE_RISK, SITE_SPILL_BOUND
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anomaly_ae.models.registry import Reconstruction, register_model
 from anomaly_ae.models.neighbours import METRICS, knn_distances
+from anomaly_ae.models.registry import Reconstruction, register_model
 
 # Half precision halves the bank in memory and in every checkpoint; distances are computed in
 # float32 from it, and pixel features need no more than ~3 significant digits.
