@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the ensemble takes the best trial of each of K distinct variants")
     promote.add_argument("--ship", choices=["auto", "single", "ensemble"], default="auto",
                          help="what is registered: auto (default) ships the ensemble only when its validation "
-                              "objective is above the single champion's; a --trial or --retrain ships that trial")
+                              "objective is above the single champion's and it flags significantly more validation "
+                              "spills (sign test, p < 0.05); a --trial or --retrain ships that trial")
     promote.add_argument("--model-name", default="proliv-autoencoder", help="registered model name")
     promote.add_argument("--data", type=Path, default=None, help="dataset folder (default: the sweep's)")
     promote.add_argument("--config-out", type=Path, default=None,

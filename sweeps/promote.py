@@ -144,16 +144,33 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...],
     return best_payload, {"seeds": seeds, **spread, "chosen_seed": best_payload["config"]["seed"], "test": best_test}
 
 
+def ensemble_gain(single: Candidate, ensemble: Candidate) -> dict:
+    """``selection.detection_gain`` of the ensemble over the single champion, on their validation scores."""
+    from anomaly_ae.stats.selection import detection_gain
+
+    def scores(c, split):
+        return np.asarray(c.payload["val_scores"][split][c.cfg["score"]], dtype=float)
+
+    return detection_gain(scores(single, "normal"), scores(single, "spill"), scores(ensemble, "normal"),
+                          scores(ensemble, "spill"), single.cfg["tnr_target"])
+
+
 def choose_shipped(single: Candidate, ensemble: Candidate | None, ship: str = "auto") -> Candidate:
-    """auto: the ensemble only when its validation objective is above the single champion's (a tie
-    ships the single trial: one model is simpler to run and to explain); or as ``ship`` says."""
+    """auto: the ensemble only when its validation objective is above the single champion's *and* it flags
+    significantly more validation spills (``ensemble_gain`` p < ``ENSEMBLE_EVIDENCE``): one model is
+    simpler to run and to explain, and an ensemble chosen by a spill or two has won by chance; or as
+    ``ship`` says."""
+    from anomaly_ae.stats.selection import ENSEMBLE_EVIDENCE
+
     if ship not in SHIP_CHOICES:
         raise ValueError(f"ship: {ship!r} is not one of {list(SHIP_CHOICES)}")
     if ensemble is None or ship == "single":
         return single
     if ship == "ensemble":
         return ensemble
-    return ensemble if ensemble.val_objective > single.val_objective else single
+    if not ensemble.val_objective > single.val_objective:
+        return single
+    return ensemble if ensemble_gain(single, ensemble)["p"] < ENSEMBLE_EVIDENCE else single
 
 
 def ensemble_members(frame: pd.DataFrame, k: int, distinct: bool = False) -> pd.DataFrame:
@@ -510,9 +527,11 @@ def shipped_and_other(single: Candidate, combined: Candidate, ship: str, k: int)
     shipped = choose_shipped(single, combined, ship)
     other = combined if shipped is single else single
     other.name = "single champion" if shipped is combined else f"ensemble of {k} (not shipped)"
-    if shipped is single:
-        logger.info(f"the ensemble's validation objective {combined.val_objective:.4f} is not above the single "
-                    f"champion's {single.val_objective:.4f}: the single champion ships")
+    gain = ensemble_gain(single, combined)
+    logger.info(f"the ensemble: validation objective {combined.val_objective:.4f} against the single champion's "
+                f"{single.val_objective:.4f}; it flags {gain['gained']} validation spills the champion misses and "
+                f"misses {gain['lost']} it flags (sign test p = {gain['p']:.3g}): the "
+                f"{'ensemble' if shipped is combined else 'single champion'} ships")
     return shipped, [other]
 
 

@@ -183,18 +183,29 @@ def test_a_knn_start_point_and_an_ensemble_are_registered_and_served(tiny_sweep,
     assert run_search.main(["promote", *common, "--ensemble", "0", "--ensemble-distinct"]) == 2
 
 
-def test_promote_ships_the_ensemble_only_when_validation_prefers_it():
-    from sweeps.promote import Candidate, choose_shipped
+def test_promote_ships_the_ensemble_only_on_evidence_from_validation():
+    from sweeps.promote import Candidate, choose_shipped, ensemble_gain
 
-    single = Candidate("promoted", "a", "r1", None, {}, val_objective=0.90)
-    tied = Candidate("ensemble", "a+b", "r1,r2", None, {}, val_objective=0.90)
-    better = Candidate("ensemble", "a+b", "r1,r2", None, {}, val_objective=0.92)
+    normals = np.arange(100.0)  # each detector's threshold at TNR 0.95 sits at 95
+
+    def candidate(name, flagged: int, objective: float, score="mse"):
+        spills = np.array([200.0] * flagged + [0.0] * (20 - flagged))
+        payload = {"config": {"score": score, "tnr_target": 0.95},
+                   "val_scores": {"normal": {score: normals}, "spill": {score: spills}}}
+        return Candidate(name, name, name, payload, {}, val_objective=objective)
+
+    single = candidate("single", 10, 0.50)
+    tied = candidate("tied", 10, 0.50, "ensemble")
+    by_one = candidate("by-one", 11, 0.55, "ensemble")  # one spill more: p = 0.5
+    by_five = candidate("by-five", 15, 0.75, "ensemble")  # five more, none lost: p = 0.5 ** 5
+    assert ensemble_gain(single, by_five) == {"gained": 5, "lost": 0, "p": pytest.approx(0.03125)}
     assert choose_shipped(single, None) is single
     assert choose_shipped(single, tied) is single  # a tie ships the single trial
-    assert choose_shipped(single, better) is better
-    assert choose_shipped(single, better, "single") is single and choose_shipped(single, tied, "ensemble") is tied
+    assert choose_shipped(single, by_one) is single  # above on the objective, but by chance
+    assert choose_shipped(single, by_five) is by_five
+    assert choose_shipped(single, by_five, "single") is single and choose_shipped(single, tied, "ensemble") is tied
     with pytest.raises(ValueError, match="ship: 'both'"):
-        choose_shipped(single, better, "both")
+        choose_shipped(single, by_five, "both")
 
 
 def test_predict_names_an_unknown_model(tiny_sweep, tmp_path, capsys):

@@ -129,3 +129,17 @@ def test_the_site_objectives_by_hand():
     assert tie_break(metrics, "site_matched") == tie_break(metrics, "site_blend") == 3.0
     with pytest.raises(ValueError, match="unknown objective 'sight'"):
         score_objective(metrics, "sight")
+
+
+def test_detection_gain_counts_discordant_spills_and_their_sign_test():
+    from anomaly_ae.stats.selection import detection_gain
+
+    normals = np.arange(100.0)
+    single = np.where(np.arange(20) < 10, 200.0, 0.0)  # flags spills 0-9
+    combined = np.where((np.arange(20) >= 3) & (np.arange(20) < 15), 200.0, 0.0)  # flags 3-14
+    gain = detection_gain(normals, single, normals, combined, 0.95)
+    # 5 gained (10-14), 3 lost (0-2): P(X >= 5), X ~ Binomial(8, 1/2) = (56 + 28 + 8 + 1) / 256
+    assert (gain["gained"], gain["lost"]) == (5, 3) and gain["p"] == pytest.approx(93 / 256)
+    assert detection_gain(normals, single, normals, single, 0.95) == {"gained": 0, "lost": 0, "p": 1.0}
+    with pytest.raises(ValueError, match="different spills"):
+        detection_gain(normals, single, normals, combined[:5], 0.95)

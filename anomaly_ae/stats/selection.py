@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-from anomaly_ae.stats.metrics import operating_margin, tpr_at_tnr
+from scipy.stats import binom
+
+from anomaly_ae.stats.metrics import operating_margin, tnr_threshold, tpr_at_tnr
 from anomaly_ae.stats.thresholds import site_threshold
 
 SCORE_SELECTIONS = ("fixed", "best")
@@ -40,6 +42,26 @@ def site_blend(clean: float, site_matched: float) -> float:
     survives the site's light. Their mean picked no worse than clean on every shifted set measured
     (docs/results.md §10), where either alone lost to the other somewhere."""
     return (clean + site_matched) / 2
+
+
+# The level at which a combined detector must beat the single champion on validation spills to ship.
+ENSEMBLE_EVIDENCE = 0.05
+
+
+def detection_gain(single_normal, single_spill, combined_normal, combined_spill, tnr: float) -> dict:
+    """Spills only the combined detector flags (``gained``), spills only the single one flags (``lost``),
+    each at its own threshold keeping TNR >= ``tnr`` on the same validation normals, and the one-sided
+    exact sign-test p-value that the combined detector flags more (McNemar's test on the discordant spills).
+
+    Why a test and not the objective's difference: the combined detector is one more candidate judged on
+    the same spills, and a gain of a spill or two is what choosing the best of several gives by chance."""
+    single = np.asarray(single_spill) > tnr_threshold(single_normal, tnr)
+    combined = np.asarray(combined_spill) > tnr_threshold(combined_normal, tnr)
+    if single.shape != combined.shape:
+        raise ValueError(f"the two detectors scored different spills ({single.size} and {combined.size})")
+    gained, lost = int(np.sum(combined & ~single)), int(np.sum(single & ~combined))
+    p = float(binom.sf(gained - 1, gained + lost, 0.5)) if gained + lost else 1.0
+    return {"gained": gained, "lost": lost, "p": p}
 
 
 def score_objective(metrics: dict, objective: str) -> float:
