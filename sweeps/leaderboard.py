@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from anomaly_ae.detector.config import validate_config
+from anomaly_ae.detector.config import stored_config
 from anomaly_ae.stats.selection import OBJECTIVE_MARGIN, tie_break
 from search_spaces import config_from_params
 from search_spaces.baselines import SEED_BASELINES, is_seed_baseline, match_baseline
@@ -19,7 +19,7 @@ def results_frame(results) -> pd.DataFrame:
         if result.config is None:  # created but never started: the time budget ended first
             continue
         history = result.metrics_dataframe
-        cfg = validate_config(config_from_params(result.config))
+        cfg = stored_config(config_from_params(result.config))
         has_history = history is not None and "objective" in history and history["objective"].notna().any()
         best = history["objective"].max() if has_history else math.nan
         last = result.metrics or {}

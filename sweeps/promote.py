@@ -241,8 +241,11 @@ def comparison_table(candidates: list[Candidate]) -> pd.DataFrame:
 
 
 def best_config(cfg: dict) -> dict:
-    """The promoted config as `search --config` reads it (an ensemble's: its lead member's)."""
-    return {k: v for k, v in sorted(cfg.items()) if k not in NOT_REPRODUCED}
+    """The promoted config as `search --config` reads it (an ensemble's: its lead member's); a checkpoint
+    of an earlier version may still hold the retired split keys, which search would refuse."""
+    from anomaly_ae.detector.config import SWEEP_KEYS
+
+    return {k: v for k, v in sorted(cfg.items()) if k not in NOT_REPRODUCED and k not in SWEEP_KEYS}
 
 
 def write_best_config(cfg: dict, path: Path) -> Path:

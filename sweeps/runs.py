@@ -56,7 +56,7 @@ def trial_runs(client, parent) -> list:
 
 
 def _config_of(run) -> dict:
-    from anomaly_ae.detector.config import validate_config
+    from anomaly_ae.detector.config import stored_config
 
     params = {}
     for key, text in run.data.params.items():
@@ -65,7 +65,7 @@ def _config_of(run) -> dict:
         except json.JSONDecodeError:
             params[key] = {"True": True, "False": False, "None": None}.get(text, text)
     params.pop("baseline", None)
-    return validate_config(params)
+    return stored_config(params)
 
 
 def objective_interval(objective: float, n_spill: int | None) -> tuple[float, float]:

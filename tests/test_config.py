@@ -219,3 +219,11 @@ def test_the_search_options_are_the_sweep_specs_fields():
         SweepSpec.of(num_sample=7)
     with pytest.raises(SpecError, match="--val-fraction"):
         SweepSpec(val_fraction=1.5).validate()
+
+
+def test_a_config_recorded_by_an_earlier_version_still_reads():
+    """Runs and checkpoints from before the split keys were retired hold them; reading those back drops them."""
+    from anomaly_ae.detector.config import stored_config
+
+    old = {"variant": "conv_ae", "val_normal_fraction": 0.1, "val_spill_fraction": 1.0, "split_seed": 0}
+    assert stored_config(old) == validate_config({"variant": "conv_ae"})

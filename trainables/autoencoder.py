@@ -20,7 +20,7 @@ from ray import tune
 
 from anomaly_ae.data import Splits
 from anomaly_ae.detector.checkpoints import CHECKPOINT_FILE, MODEL_FILE, checkpoint_payload, load_checkpoint, save_checkpoint
-from anomaly_ae.detector.config import validate_config
+from anomaly_ae.detector.config import stored_config
 from anomaly_ae.detector.training import DivergedError, build_trial, train_one_epoch
 from anomaly_ae.detector.validation import SiteInput, evaluate, judge, nuisance_split, score_images
 from anomaly_ae.models import model_spec
@@ -144,7 +144,7 @@ def train_autoencoder(config: dict, splits: Splits | None = None, tracking: Trac
     """
     if splits is None:
         raise ValueError("train_autoencoder needs the dataset splits (tune.with_parameters(..., splits=...))")
-    cfg = validate_config(config_from_params(config))
+    cfg = stored_config(config_from_params(config))
     cfg["baseline"] = cfg["baseline"] or match_baseline(cfg)
     if cfg["baseline"]:
         cfg["score_selection"] = "fixed"  # a baseline is judged by the score its write-up used

@@ -163,6 +163,12 @@ def _check_model_param(key: str, value, default, allowed=None):
     return value
 
 
+def stored_config(raw: dict) -> dict:
+    """A config as a run, a checkpoint or a Ray experiment of an earlier version recorded it: the keys since
+    retired (``SWEEP_KEYS``) are dropped, then it is validated. What a person writes is refused instead."""
+    return validate_config({k: v for k, v in raw.items() if k not in SWEEP_KEYS})
+
+
 def validate_config(raw: dict) -> dict:
     """Fill defaults and check every key and value; raise ConfigError naming the field."""
     if not isinstance(raw, dict):
