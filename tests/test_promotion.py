@@ -81,20 +81,27 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     assert (folder / "best_config.yaml").exists() and (folder / "site_review.tsv").exists()
     assert client.get_model_version_by_alias("itest-model", "champion").tags["trial_id"] == worse
 
-    # predict with the champion: one row per crop, labels = score above the registered threshold.
+
+def test_predict_scores_with_the_champion_and_checks_drift(tiny_sweep, tmp_path, capsys):
+    """One row per crop, labels = score above the registered threshold; the drift check logged."""
+    client = MlflowClient(tiny_sweep.uri)
+    assert run_search.main(["promote", "--experiment", tiny_sweep.experiment, "--tracking-uri", tiny_sweep.uri,
+                            "--model-name", "itest-predict", "--config-out", str(tmp_path / "b.yaml"),
+                            "--no-references", "--force"]) == 0
+    capsys.readouterr()
     csv = tmp_path / "scores.csv"
     images = tiny_sweep.data / "test" / "imgs"
-    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-predict",
                             "--images", str(images), "--out", str(csv)]) == 0
     scores = pd.read_csv(csv)
     assert list(scores.columns) == ["name", "score", "label"]
     assert len(scores) == len(list(images.iterdir()))
-    threshold = float(client.get_model_version_by_alias("itest-model", "champion").tags["threshold"])
+    threshold = float(client.get_model_version_by_alias("itest-predict", "champion").tags["threshold"])
     assert ((scores["score"] > threshold).astype(int) == scores["label"]).all()
     # The drift check ran against the scores the threshold was fixed on (the site pool's) and was logged
     # under the promotion run.
     out = capsys.readouterr()
-    version = client.get_model_version_by_alias("itest-model", "champion")
+    version = client.get_model_version_by_alias("itest-predict", "champion")
     checks = client.search_runs([client.get_run(version.run_id).info.experiment_id], "tags.sweep = 'predict'")
     assert len(checks) == 1 and checks[0].data.tags["mlflow.parentRunId"] == version.run_id
     logged = checks[0].data.metrics
@@ -110,10 +117,10 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     from anomaly_ae.data import load_site_pool
     from anomaly_ae.stats.thresholds import site_threshold
 
-    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-predict",
                             "--images", str(images), "--out", str(csv), "--site", str(tiny_sweep.data / "site")]) == 0
     printed = capsys.readouterr().out
-    model = __import__("mlflow").pyfunc.load_model("models:/itest-model@champion").unwrap_python_model()
+    model = __import__("mlflow").pyfunc.load_model("models:/itest-predict@champion").unwrap_python_model()
     pool = load_site_pool(tiny_sweep.data / "site", tuple(model.detector["decode_size"]))
     expected = site_threshold(model.score(pool.images), 0.95, 0.05, 0.05)
     assert f"threshold {expected:.6g}" in printed and f"recalibrated on {len(pool)} site crops" in printed
@@ -126,11 +133,11 @@ def test_promote_champion_refusal_force_config_round_trip_and_predict(tiny_sweep
     small.mkdir()
     for p in sorted((tiny_sweep.data / "site").iterdir())[:30]:
         shutil.copy(p, small / p.name)
-    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-predict",
                             "--images", str(images), "--out", str(csv), "--site", str(small)]) == 2
     assert "a site pool of 30 crops is too small" in capsys.readouterr().err
     missing = tmp_path / "no-crops"
-    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-model",
+    assert run_search.main(["predict", "--tracking-uri", tiny_sweep.uri, "--model-name", "itest-predict",
                             "--images", str(missing), "--out", str(csv)]) == 2
     assert f"missing folder: {missing}" in capsys.readouterr().err
 
@@ -252,7 +259,13 @@ def test_promote_uses_the_tnr_target_threshold_by_default(tiny_sweep, tmp_path):
     assert {"ref:pca16", "ref:knn5"} <= set(result.table["config"])
     assert result.table["site_tpr"].notna().all()  # the references and baselines at the site threshold too
 
-    # The review: the calibration crops above the shipped threshold, highest first, in a file read as written.
+
+def test_the_review_file_is_read_as_written_and_rounds_accumulate(tiny_sweep, tmp_path):
+    """The calibration crops above the shipped threshold, highest first, in a file read as written."""
+    client = MlflowClient(tiny_sweep.uri)
+    parent = find_parent_run(client, tiny_sweep.experiment)
+    frame = sweep_frame(client, parent)
+    seed001 = frame[frame["baseline"] == "seed001"].iloc[0]
     # The tiny pool's default calibration part (~80 crops) flags next to nothing; a larger share and risk do.
     from anomaly_ae.data.site import read_review
 
