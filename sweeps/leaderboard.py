@@ -141,7 +141,8 @@ def champion_line(frame: pd.DataFrame, references: pd.DataFrame | None = None) -
     top = ranked.iloc[0]
     name = top["baseline"] or ""
     kind = ("a searched trial" if not name else f"the {name[6:]} reference, enqueued as a trial"
-            if name.startswith("start:") else f"seed baseline {name}")
+            if name in ("start:pca16", "start:knn5") else f"the start point {name}" if name.startswith("start:")
+            else f"seed baseline {name}")
     line = f"\nchampion (what promote ships): trial {top['trial_id']}, {top['variant']}, {kind}, val {top['best_objective']:.4f}"
     if references is not None and len(references):
         ref = references.sort_values("best_objective", ascending=False).iloc[0]

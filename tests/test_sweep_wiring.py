@@ -84,3 +84,8 @@ def test_the_verdict_says_what_budget_the_seed_baselines_had():
     assert "the search beat all of them" in cut
     frame["epochs"] = [4, 25, 150]
     assert "best seed baseline 0.6000 (at their write-ups' stated budgets)" in search_verdict(frame)
+    # The champion line names what kind of trial won: a start point is not a reference.
+    frame["baseline"] = ["start:cutpaste", "seed000", "start:pca16"]
+    assert "trial a, conv_ae, the start point start:cutpaste, val 0.9000" in search_verdict(frame)
+    frame["best_objective"] = [0.5, 0.6, 0.9]
+    assert "trial c, linear_vae, the pca16 reference, enqueued as a trial" in search_verdict(frame)
