@@ -186,7 +186,7 @@ def ensemble_members(frame: pd.DataFrame, k: int, distinct: bool = False) -> pd.
 
 def ensemble_candidate(payloads: list[dict], rows: pd.DataFrame, splits, policy: str, objective: str,
                        site_mode: str = DEFAULT_SITE_CALIBRATION) -> Candidate:
-    """The members as one detector: rank-averaged scores, thresholded like a single score, and judged
+    """The members as one detector: their tail surprises averaged, thresholded like a single score, and judged
     on validation by the sweep's objective like a trial."""
     from anomaly_ae.detector.ensemble import Ensemble, val_scores_of
     from anomaly_ae.stats.selection import score_objective
