@@ -146,13 +146,11 @@ def retrain(cfg: dict, splits, seeds: list[int], policies: tuple[str, ...],
 
 def ensemble_gain(single: Candidate, ensemble: Candidate) -> dict:
     """``selection.detection_gain`` of the ensemble over the single champion, on their validation scores."""
+    from anomaly_ae.detector.ensemble import judged_val_scores
     from anomaly_ae.stats.selection import detection_gain
 
-    def scores(c, split):
-        return np.asarray(c.payload["val_scores"][split][c.cfg["score"]], dtype=float)
-
-    return detection_gain(scores(single, "normal"), scores(single, "spill"), scores(ensemble, "normal"),
-                          scores(ensemble, "spill"), single.cfg["tnr_target"])
+    return detection_gain(*(judged_val_scores(c.payload, split) for c in (single, ensemble)
+                            for split in ("normal", "spill")), single.cfg["tnr_target"])
 
 
 def choose_shipped(single: Candidate, ensemble: Candidate | None, ship: str = "auto") -> Candidate:

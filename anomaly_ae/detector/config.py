@@ -71,7 +71,7 @@ def _optional_str(key, v):
 
 
 # Keys a trial config once carried and never read: the split is made once per sweep, by the driver.
-SWEEP_KEYS = {"val_normal_fraction": "the sweep's validation split (fixed at 0.1 of train/)",
+SWEEP_KEYS = {"val_normal_fraction": "the sweep's option --val-fraction",
               "val_spill_fraction": "the sweep's option --val-spill-fraction",
               "split_seed": "the sweep's split (seed 0, the same for every trial)"}
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from scipy.stats import binom
 
 from anomaly_ae.stats.metrics import operating_margin, tnr_threshold, tpr_at_tnr
@@ -39,8 +38,8 @@ OBJECTIVE_MARGIN = {"clean": "val_margin", "worst_of_shift": "val_margin", "site
 def site_blend(clean: float, site_matched: float) -> float:
     """The mean of the clean and the site_matched objective. Each alone picks by a few dozen spills counted
     against one threshold; clean sees how well a detector separates, site_matched whether the separation
-    survives the site's light. Their mean picked no worse than clean on every shifted set measured
-    (docs/results.md §10), where either alone lost to the other somewhere."""
+    survives the site's light. Selectable, not the default: on the two texture sets it picked 0.29 and
+    0.60 TPR below clean (docs/results.md §10)."""
     return (clean + site_matched) / 2
 
 
