@@ -75,7 +75,8 @@ KNN_REFERENCE = {"variant": "knn", "knn.k": 5, "knn.pool": 2, "knn.pca_dim": 0, 
 SYNTHETIC_START = {"image_height": 32, "image_width": 48, "normalisation": "per_crop", "batch_size": 32,
                    "lr": 1e-3, "threshold_policy": "tnr_target"}
 DRAEM_START = {**SYNTHETIC_START, "variant": "draem", "score": "map_max", "map_max.sigma": 1.0}
-CUTPASTE_START = {**SYNTHETIC_START, "variant": "cutpaste", "score": "mahalanobis"}
+# The density named, so that a store's start points from before it read every stage are not replayed.
+CUTPASTE_START = {**SYNTHETIC_START, "variant": "cutpaste", "score": "mahalanobis", "cutpaste.density_features": "stages"}
 START_POINTS = {"start:pca16": PCA_REFERENCE, "start:knn5": KNN_REFERENCE, "start:draem": DRAEM_START,
                 "start:cutpaste": CUTPASTE_START}
 

@@ -9,7 +9,7 @@ from anomaly_ae.detector.losses import focal_loss
 from anomaly_ae.detector.scores import compute_scores
 from anomaly_ae.detector.synthetic_anomalies import SYNTHETIC_FILLS, SYNTHETIC_MASKS, AnomalyRecipe, masks, synthesize
 from anomaly_ae.detector.validation import score_images, score_types_for, train_and_validate
-from anomaly_ae.models.cutpaste import ledoit_wolf
+from anomaly_ae.models.cutpaste import cutpaste, ledoit_wolf
 
 
 def crops(n=256, seed=0):
@@ -101,6 +101,42 @@ def test_ledoit_wolf_is_scikit_learns():
     mean, cov = ledoit_wolf(torch.from_numpy(x))
     theirs = LedoitWolf().fit(x)
     assert np.allclose(mean.numpy(), theirs.location_) and np.allclose(cov.numpy(), theirs.covariance_, atol=1e-10)
+
+
+def fitted_cutpaste(density_features: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = cutpaste(3, 32, 48, base_width=8, depth=3, density_features=density_features).eval()
+    with torch.no_grad():
+        model.fit_density(model(crops(64, seed=1)).latent)
+    return model
+
+
+def test_the_cutpaste_density_reads_every_stage_pooled():
+    stages, last = fitted_cutpaste("stages"), fitted_cutpaste("last")
+    x = crops(8, seed=2)
+    with torch.no_grad():
+        # The same weights (same seed), two densities: widths 8+16+32 against the last stage's 32.
+        assert stages(x).latent.shape == (8, 56) and last(x).latent.shape == (8, 32)
+        assert torch.equal(stages(x).latent[:, -32:], last(x).latent)
+        assert torch.equal(stages(x).class_logits, last(x).class_logits)  # the classifier reads the last stage
+        # By hand: the distance of the pooled stages to the fitted Gaussian.
+        h, pooled = x, []
+        for stage in stages.encoder:
+            h = stage(h)
+            pooled.append(h.mean((2, 3)))
+        centred = torch.cat(pooled, 1) - stages.feature_mean
+        assert torch.allclose(stages(x).mahalanobis, ((centred @ stages.precision) * centred).sum(1).sqrt(), rtol=1e-4)
+
+
+def test_cutpaste_weights_saved_with_a_last_stage_density_load_and_score_as_they_did():
+    old = fitted_cutpaste("last")
+    model = cutpaste(3, 32, 48, base_width=8, depth=3)  # today's default: every stage
+    assert model.density_features == "stages"
+    model.load_state_dict(old.state_dict())
+    model.eval()
+    x = crops(8, seed=3)
+    with torch.no_grad():
+        assert model.density_features == "last" and torch.equal(model(x).mahalanobis, old(x).mahalanobis)
 
 
 def test_focal_loss_by_hand():

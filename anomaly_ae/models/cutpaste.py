@@ -6,6 +6,11 @@ crop under a Perlin mask, and a thin coloured scar). The classifier is only the 
 a Gaussian is fitted in closed form to the features of train crops (Ledoit-Wolf shrinkage), and a crop
 scores by the Mahalanobis distance of its features to it (``mahalanobis``). Mean and precision are
 buffers, so they ship in the checkpoint. It reconstructs nothing: the residual scores do not apply.
+
+The features are the mean-pooled output of every encoder stage, side by side (``density_features=
+"stages"``, as PaDiM combines layers): a small defect changes the early, fine stages more than the last,
+coarse one the classifier reads. Chosen on validation of four data sets (docs/results.md §15); "last"
+keeps the final stage alone, as weights saved before that choice do.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from anomaly_ae.models.blocks import conv_block, widths
 from anomaly_ae.models.registry import Reconstruction, register_model
 
 CLASSES = 3  # normal, the recipe's anomaly, a scar
+DENSITY_FEATURES = ("stages", "last")
 
 
 def ledoit_wolf(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,17 +42,29 @@ def ledoit_wolf(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class CutPasteClassifier(nn.Module):
-    def __init__(self, in_channels: int, base_width: int, depth: int, head_width: int):
+    def __init__(self, in_channels: int, base_width: int, depth: int, head_width: int,
+                 density_features: str = "stages"):
         super().__init__()
         ws = widths(base_width, depth)
         self.encoder = nn.Sequential(
             *[nn.Sequential(conv_block(cin, cout, 1, batch_norm=True), conv_block(cout, cout, 2, batch_norm=True))
-              for cin, cout in zip([in_channels] + ws[:-1], ws)],
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+              for cin, cout in zip([in_channels] + ws[:-1], ws)])
         self.head = nn.Sequential(nn.Linear(ws[-1], head_width), nn.BatchNorm1d(head_width), nn.ReLU(inplace=True),
                                   nn.Linear(head_width, CLASSES))
-        self.register_buffer("feature_mean", torch.zeros(ws[-1]))
-        self.register_buffer("precision", torch.zeros(ws[-1], ws[-1]))
+        self.density_features = density_features
+        dim = sum(ws) if density_features == "stages" else ws[-1]
+        self.last_width = ws[-1]
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("precision", torch.zeros(dim, dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Weights saved before the density read every stage carry a last-stage-wide mean: they score as they did.
+        mean = state_dict.get(prefix + "feature_mean")
+        if mean is not None and mean.numel() == self.last_width != self.feature_mean.numel():
+            self.density_features = "last"
+            self.feature_mean = torch.zeros_like(self.feature_mean[:self.last_width])
+            self.precision = torch.zeros_like(self.precision[:self.last_width, :self.last_width])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit_density(self, features: torch.Tensor) -> None:
@@ -55,17 +73,22 @@ class CutPasteClassifier(nn.Module):
         self.precision.copy_(torch.linalg.pinv(cov, hermitian=True).to(self.precision.dtype))
 
     def forward(self, x: torch.Tensor) -> Reconstruction:
-        features = self.encoder(x)
+        pooled, h = [], x
+        for stage in self.encoder:
+            h = stage(h)
+            pooled.append(h.mean((2, 3)))
+        features = torch.cat(pooled, 1) if self.density_features == "stages" else pooled[-1]
         centred = features.float() - self.feature_mean
         distance = ((centred @ self.precision) * centred).sum(1).clamp_min(0).sqrt()
-        return Reconstruction(x, latent=features, class_logits=self.head(features), mahalanobis=distance)
+        return Reconstruction(x, latent=features, class_logits=self.head(pooled[-1]), mahalanobis=distance)
 
 
 # What a sweep searches of cutpaste (search_spaces.spaces.suggest's kinds).
-CUTPASTE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "head_width": ("cat", [64, 128, 256])}
+CUTPASTE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "head_width": ("cat", [64, 128, 256]),
+                  "density_features": ("cat", list(DENSITY_FEATURES))}
 
 
 @register_model("cutpaste", space=CUTPASTE_SPACE, fixed_output="identity", extra_scores=("mahalanobis",), training="synthetic_class",
-                residual_scores=False)
-def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128):
-    return CutPasteClassifier(in_channels, base_width, depth, head_width)
+                residual_scores=False, choices={"density_features": DENSITY_FEATURES})
+def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128, density_features="stages"):
+    return CutPasteClassifier(in_channels, base_width, depth, head_width, density_features)
