@@ -50,9 +50,33 @@ def family_table(client, experiment: str, data_dir: Path | None = None) -> pd.Da
     return table
 
 
+def saved_for_backward_mb(state, cfg: dict, train_u8: torch.Tensor, batch: int = 32) -> float:
+    """Megabytes autograd keeps for the backward pass of one training step of ``batch`` crops, each storage
+    counted once: the part of training memory that grows with the batch, and the same on any device, so
+    it is measured where no GPU is (a GPU's peak adds the weights, the optimiser's state and its cache)."""
+    from anomaly_ae.detector.training import step_loss, synthetic_step_loss
+
+    storages = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), str(tensor.device))] = storage.nbytes()
+        return tensor
+
+    state.model.train()
+    clean = state.preprocess.to_unit(train_u8[:batch].to(state.device))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        if model_spec(cfg["variant"]).synthetic:
+            synthetic_step_loss(state, cfg, clean)
+        else:
+            step_loss(state, cfg, clean, clean)
+    return sum(storages.values()) / 2**20
+
+
 def epoch_costs(train_u8: torch.Tensor, variants: list[str], crops: int = 768, repeats: int = 3) -> pd.DataFrame:
-    """Seconds per epoch of ``crops`` crops and parameters of each variant at its defaults, interleaved so
-    that a slow patch of the machine hits them alike; ratios against the first (``conv_ae``)."""
+    """Seconds per epoch of ``crops`` crops, parameters and the memory kept for backward of each variant at
+    its defaults, interleaved so that a slow patch of the machine hits them alike; ratios against the
+    first (``conv_ae``)."""
     from anomaly_ae.detector.config import validate_config
     from anomaly_ae.detector.training import build_trial, train_one_epoch
 
@@ -80,6 +104,7 @@ def epoch_costs(train_u8: torch.Tensor, variants: list[str], crops: int = 768, r
         "device": device.type, "variant": v, "crops": crops, "s_per_epoch": statistics.median(times[v]),
         f"vs_{variants[0]}": statistics.median(times[v]) / base,
         "params_m": sum(p.numel() for p in states[v][0].model.parameters()) / 1e6,
+        "saved_mb_batch32": saved_for_backward_mb(*states[v], train_u8),
         "peak_gpu_mb": memory.get(v, float("nan"))} for v in variants])
 
 
