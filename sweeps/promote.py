@@ -461,7 +461,8 @@ def chosen_row(frame: pd.DataFrame, trial: str | None, parent_run_id: str) -> pd
         chosen = frame[(frame["trial_id"] == trial) | (frame["run_id"] == trial) | (frame["baseline"] == trial)]
         if chosen.empty:
             raise SweepNotFound(f"--trial: no trial {trial!r} in sweep {parent_run_id}; "
-                                f"trials: {', '.join(frame['trial_id'])}")
+                                f"trials: {', '.join(frame['trial_id'])} (a trial of an earlier sweep of this "
+                                f"experiment? name that sweep with --parent PARENT_RUN_ID)")
         return chosen.iloc[0]
     ok = frame[frame["best_objective"].notna() & (frame["status"] != "DIVERGED")]
     if ok.empty:

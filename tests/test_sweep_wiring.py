@@ -89,3 +89,18 @@ def test_the_verdict_says_what_budget_the_seed_baselines_had():
     assert "trial a, conv_ae, the start point start:cutpaste, val 0.9000" in search_verdict(frame)
     frame["best_objective"] = [0.5, 0.6, 0.9]
     assert "trial c, linear_vae, the pca16 reference, enqueued as a trial" in search_verdict(frame)
+
+
+def test_promote_picks_a_trial_by_id_run_or_name_and_names_parent_when_it_finds_none():
+    import pandas as pd
+    import pytest
+
+    from sweeps.promote import chosen_row
+    from sweeps.runs import SweepNotFound
+
+    frame = pd.DataFrame({"trial_id": ["a", "b"], "run_id": ["r1", "r2"], "baseline": ["", "start:knn5"],
+                          "best_objective": [0.9, 0.5], "status": ["OK", "OK"]})
+    assert [chosen_row(frame, t, "p")["trial_id"] for t in ("b", "r2", "start:knn5", None)] == ["b", "b", "b", "a"]
+    # A trial of another sweep of the same experiment: the refusal says how to reach it.
+    with pytest.raises(SweepNotFound, match=r"no trial 'zz' in sweep p; trials: a, b .*--parent PARENT_RUN_ID"):
+        chosen_row(frame, "zz", "p")
