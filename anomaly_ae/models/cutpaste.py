@@ -53,17 +53,16 @@ class CutPasteClassifier(nn.Module):
                                   nn.Linear(head_width, CLASSES))
         self.density_features = density_features
         dim = sum(ws) if density_features == "stages" else ws[-1]
-        self.last_width = ws[-1]
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("precision", torch.zeros(dim, dim))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Weights saved before the density read every stage carry a last-stage-wide mean: they score as they did.
-        mean = state_dict.get(prefix + "feature_mean")
-        if mean is not None and mean.numel() == self.last_width != self.feature_mean.numel():
+        mean, last = state_dict.get(prefix + "feature_mean"), self.head[0].in_features
+        if mean is not None and mean.numel() == last != self.feature_mean.numel():
             self.density_features = "last"
-            self.feature_mean = torch.zeros_like(self.feature_mean[:self.last_width])
-            self.precision = torch.zeros_like(self.precision[:self.last_width, :self.last_width])
+            self.feature_mean = torch.zeros_like(self.feature_mean[:last])
+            self.precision = torch.zeros_like(self.precision[:last, :last])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
