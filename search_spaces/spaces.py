@@ -18,7 +18,7 @@ from anomaly_ae.models.registry import LATENT_SCORES
 from search_spaces.baselines import baseline_configs, startup_configs
 
 IMAGE_SIZES = ["32x48", "32x32", "40x72", "64x64"]
-BATCH_SIZES = [16, 32, 64, 128, 256, 512]
+BATCH_SIZES = [8, 16, 32, 64, 128, 256, 512]
 
 
 def suggest(trial, name: str, spec: tuple):

@@ -102,7 +102,8 @@ def test_baselines_enqueue_exactly():
     fn = get_space("quick")
     # The reference start points first (they take seconds), then the seed baselines, then the slow
     # synthetic-anomaly families' start points.
-    names = ["start:knn5", "start:pca16", *sorted(baseline_configs(False)), "start:cutpaste", "start:draem"]
+    names = ["start:knn5", "start:pca16", *sorted(baseline_configs(False)), "start:cutpaste", "start:cutpaste_batch8",
+             "start:draem"]
     stated = {**SEED_BASELINES, **START_POINTS}
     for name in names:
         trial = study.ask()

@@ -112,31 +112,39 @@ def fitted_cutpaste(density_features: str, seed: int = 0):
 
 
 def test_the_cutpaste_density_reads_every_stage_pooled():
-    stages, last = fitted_cutpaste("stages"), fitted_cutpaste("last")
+    moments, stages, last = fitted_cutpaste("moments"), fitted_cutpaste("stages"), fitted_cutpaste("last")
     x = crops(8, seed=2)
     with torch.no_grad():
-        # The same weights (same seed), two densities: widths 8+16+32 against the last stage's 32.
-        assert stages(x).latent.shape == (8, 56) and last(x).latent.shape == (8, 32)
+        # The same weights (same seed), three densities: widths 2 * (8+16+32), 8+16+32 and the last stage's 32.
+        assert moments(x).latent.shape == (8, 112) and stages(x).latent.shape == (8, 56)
+        assert last(x).latent.shape == (8, 32)
+        assert torch.equal(moments(x).latent[:, :56], stages(x).latent)
         assert torch.equal(stages(x).latent[:, -32:], last(x).latent)
-        assert torch.equal(stages(x).class_logits, last(x).class_logits)  # the classifier reads the last stage
-        # By hand: the distance of the pooled stages to the fitted Gaussian.
-        h, pooled = x, []
-        for stage in stages.encoder:
+        # the classifier reads the last stage's mean whatever the density
+        assert torch.equal(moments(x).class_logits, last(x).class_logits)
+        # By hand: the distance of each stage's mean and standard deviation to the fitted Gaussian.
+        h, pooled, spread = x, [], []
+        for stage in moments.encoder:
             h = stage(h)
-            pooled.append(h.mean((2, 3)))
-        centred = torch.cat(pooled, 1) - stages.feature_mean
-        assert torch.allclose(stages(x).mahalanobis, ((centred @ stages.precision) * centred).sum(1).sqrt(), rtol=1e-4)
+            flat = h.flatten(2)
+            pooled.append(flat.mean(2))
+            spread.append(((flat - flat.mean(2, keepdim=True)) ** 2).mean(2).sqrt())
+        centred = torch.cat(pooled + spread, 1) - moments.feature_mean
+        by_hand = ((centred @ moments.precision) * centred).sum(1).sqrt()
+        assert torch.allclose(moments(x).mahalanobis, by_hand, rtol=1e-4)
+        assert not torch.allclose(moments(x).mahalanobis, stages(x).mahalanobis, rtol=1e-2)
 
 
-def test_cutpaste_weights_saved_with_a_last_stage_density_load_and_score_as_they_did():
-    old = fitted_cutpaste("last")
-    model = cutpaste(3, 32, 48, base_width=8, depth=3)  # today's default: every stage
-    assert model.density_features == "stages"
+@pytest.mark.parametrize("saved", ["last", "stages"])
+def test_cutpaste_weights_saved_with_an_earlier_density_load_and_score_as_they_did(saved):
+    old = fitted_cutpaste(saved)
+    model = cutpaste(3, 32, 48, base_width=8, depth=3)  # today's default: mean and spread of every stage
+    assert model.density_features == "moments"
     model.load_state_dict(old.state_dict())
     model.eval()
     x = crops(8, seed=3)
     with torch.no_grad():
-        assert model.density_features == "last" and torch.equal(model(x).mahalanobis, old(x).mahalanobis)
+        assert model.density_features == saved and torch.equal(model(x).mahalanobis, old(x).mahalanobis)
 
 
 def test_focal_loss_by_hand():

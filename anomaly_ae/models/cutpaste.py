@@ -7,10 +7,12 @@ a Gaussian is fitted in closed form to the features of train crops (Ledoit-Wolf 
 scores by the Mahalanobis distance of its features to it (``mahalanobis``). Mean and precision are
 buffers, so they ship in the checkpoint. It reconstructs nothing: the residual scores do not apply.
 
-The features are the mean-pooled output of every encoder stage, side by side (``density_features=
-"stages"``, as PaDiM combines layers): a small defect changes the early, fine stages more than the last,
-coarse one the classifier reads. Chosen on validation of four data sets (docs/results.md §15); "last"
-keeps the final stage alone, as weights saved before that choice do.
+The features are each encoder stage's channels pooled over positions, side by side (as PaDiM combines
+layers): a small defect changes the early, fine stages more than the last, coarse one the classifier
+reads. ``density_features="moments"`` (the default) pools by mean and standard deviation, since a
+defect that leaves a channel's mean alone can still change how much it varies across the crop;
+"stages" pools by the mean alone and "last" keeps the final stage's mean, as weights saved before
+each choice do. Each was chosen on validation of five data sets (docs/results.md §15, §16).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from anomaly_ae.models.blocks import conv_block, widths
 from anomaly_ae.models.registry import Reconstruction, register_model
 
 CLASSES = 3  # normal, the recipe's anomaly, a scar
-DENSITY_FEATURES = ("stages", "last")
+DENSITY_FEATURES = ("moments", "stages", "last")
 
 
 def ledoit_wolf(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +45,7 @@ def ledoit_wolf(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class CutPasteClassifier(nn.Module):
     def __init__(self, in_channels: int, base_width: int, depth: int, head_width: int,
-                 density_features: str = "stages"):
+                 density_features: str = "moments"):
         super().__init__()
         ws = widths(base_width, depth)
         self.encoder = nn.Sequential(
@@ -52,17 +54,24 @@ class CutPasteClassifier(nn.Module):
         self.head = nn.Sequential(nn.Linear(ws[-1], head_width), nn.BatchNorm1d(head_width), nn.ReLU(inplace=True),
                                   nn.Linear(head_width, CLASSES))
         self.density_features = density_features
-        dim = sum(ws) if density_features == "stages" else ws[-1]
+        self.stage_widths = ws
+        dim = self.density_width(density_features)
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("precision", torch.zeros(dim, dim))
 
+    def density_width(self, density_features: str) -> int:
+        return {"moments": 2 * sum(self.stage_widths), "stages": sum(self.stage_widths),
+                "last": self.stage_widths[-1]}[density_features]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Weights saved before the density read every stage carry a last-stage-wide mean: they score as they did.
-        mean, last = state_dict.get(prefix + "feature_mean"), self.head[0].in_features
-        if mean is not None and mean.numel() == last != self.feature_mean.numel():
-            self.density_features = "last"
-            self.feature_mean = torch.zeros_like(self.feature_mean[:last])
-            self.precision = torch.zeros_like(self.precision[:last, :last])
+        # Weights saved with an earlier density (its width tells which) score as they did.
+        mean = state_dict.get(prefix + "feature_mean")
+        if mean is not None and mean.numel() != self.feature_mean.numel():
+            saved = [name for name in DENSITY_FEATURES if self.density_width(name) == mean.numel()]
+            if saved:
+                self.density_features, dim = saved[0], mean.numel()
+                self.feature_mean = torch.zeros(dim, dtype=mean.dtype, device=self.feature_mean.device)
+                self.precision = torch.zeros(dim, dim, dtype=self.precision.dtype, device=self.precision.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
@@ -72,11 +81,13 @@ class CutPasteClassifier(nn.Module):
         self.precision.copy_(torch.linalg.pinv(cov, hermitian=True).to(self.precision.dtype))
 
     def forward(self, x: torch.Tensor) -> Reconstruction:
-        pooled, h = [], x
+        pooled, spread, h = [], [], x
         for stage in self.encoder:
             h = stage(h)
             pooled.append(h.mean((2, 3)))
-        features = torch.cat(pooled, 1) if self.density_features == "stages" else pooled[-1]
+            if self.density_features == "moments":
+                spread.append(h.std((2, 3), correction=0))
+        features = pooled[-1] if self.density_features == "last" else torch.cat(pooled + spread, 1)
         centred = features.float() - self.feature_mean
         distance = ((centred @ self.precision) * centred).sum(1).clamp_min(0).sqrt()
         return Reconstruction(x, latent=features, class_logits=self.head(pooled[-1]), mahalanobis=distance)
@@ -89,5 +100,5 @@ CUTPASTE_SPACE = {"base_width": ("cat", [16, 32, 64]), "depth": ("int", 2, 4), "
 
 @register_model("cutpaste", space=CUTPASTE_SPACE, fixed_output="identity", extra_scores=("mahalanobis",), training="synthetic_class",
                 residual_scores=False, choices={"density_features": DENSITY_FEATURES})
-def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128, density_features="stages"):
+def cutpaste(in_channels, height, width, base_width=32, depth=3, head_width=128, density_features="moments"):
     return CutPasteClassifier(in_channels, base_width, depth, head_width, density_features)

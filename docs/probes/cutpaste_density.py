@@ -2,7 +2,9 @@
 learning rate, then scored with Gaussians fitted to different features of the same weights. Prints the
 validation figures (what a choice may be made on) and the test AUROC (the measurement).
 
-    python docs/probes/cutpaste_density.py DATA EPOCHS CROPS_PER_EPOCH [SEED] [LR]
+    python docs/probes/cutpaste_density.py DATA EPOCHS CROPS_PER_EPOCH [SEED] [LR] [BATCH]
+
+(§16: the row "mean and spread of every stage" and BATCH 8 against the start point's 32.)
 """
 import sys
 
@@ -21,7 +23,8 @@ seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 torch.set_num_threads(1)
 splits = make_splits(load_proliv(root, (32, 48)))
 cfg = validate_config({**CUTPASTE_START, "epochs": epochs, "samples_per_epoch": crops, "seed": seed,
-                       **({"lr": float(sys.argv[5])} if len(sys.argv) > 5 else {})})
+                       **({"lr": float(sys.argv[5])} if len(sys.argv) > 5 else {}),
+                       **({"batch_size": int(sys.argv[6])} if len(sys.argv) > 6 else {})})
 train = torch.from_numpy(splits.train)
 state = build_trial(cfg, train, torch.device("cpu"))
 for _ in range(epochs):
@@ -61,7 +64,7 @@ labels = np.asarray(splits.test_labels).astype(bool)
 
 def report(name, scores):
     tpr = tpr_at_tnr(scores["val_normal"], scores["val_spill"], 0.95)[0]
-    print(f"{name:28s} val TPR@TNR0.95 {tpr:.3f}  val AUROC {auroc(scores['val_normal'], scores['val_spill']):.3f}  "
+    print(f"{name:38s} val TPR@TNR0.95 {tpr:.3f}  val AUROC {auroc(scores['val_normal'], scores['val_spill']):.3f}  "
           f"test AUROC {auroc(scores['test'][~labels], scores['test'][labels]):.3f}")
 
 
@@ -69,10 +72,16 @@ def pooled(stage_list, which):
     return torch.cat([stage_list[k].mean((2, 3)) for k in which], 1)
 
 
+def moments(stage_list):
+    return torch.cat([m.mean((2, 3)) for m in stage_list] + [m.std((2, 3), correction=0) for m in stage_list], 1)
+
+
 last = len(bank) - 1
 for label, which in (("last stage (before §15)", [last]), ("every stage (§15)", list(range(len(bank))))):
     fit = gaussian(pooled(bank, which))
     report(label, {name: distance(pooled(m, which), fit).numpy() for name, m in maps.items()})
+fit = gaussian(moments(bank))
+report("mean and spread of every stage (§16)", {name: distance(moments(m), fit).numpy() for name, m in maps.items()})
 for k in range(len(bank)):
     # Per location, one Gaussian shared by every position (a texture is stationary); max over positions.
     rows = bank[k].permute(0, 2, 3, 1).reshape(-1, bank[k].shape[1])
