@@ -178,6 +178,29 @@ FAMILIES = {"draem": {"score": "map_max", "draem.base_width": 8, "draem.disc_wid
             "cutpaste": {"score": "mahalanobis", "cutpaste.base_width": 8}}
 
 
+def test_the_cutpaste_density_is_fitted_on_a_seeded_draw_of_up_to_density_crops_train_crops(monkeypatch):
+    from anomaly_ae.detector import training
+
+    monkeypatch.setattr(training, "DENSITY_CROPS", 24)
+    cfg = validate_config({"variant": "cutpaste", **FAMILIES["cutpaste"], "normalisation": "none", "epochs": 1,
+                           "samples_per_epoch": 16, "batch_size": 16, "seed": 5})
+    train_u8 = (crops(60, seed=4) * 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # as loaded: NHWC
+    state = training.build_trial(cfg, train_u8, torch.device("cpu"))
+    training.refresh_density(state, cfg, train_u8)
+    features = {}
+    with torch.no_grad():
+        for name, idx in (("drawn", torch.randperm(60, generator=torch.Generator().manual_seed(5))[:24]),
+                          ("all", torch.arange(60))):
+            features[name] = state.model(training.model_input(state, cfg, state.preprocess.to_unit(train_u8[idx]))).latent
+    def off(name):
+        return (state.model.feature_mean - features[name].mean(0)).abs().max().item()
+
+    assert off("drawn") < 1e-6 < 1e-4 < off("all")
+    monkeypatch.setattr(training, "DENSITY_CROPS", 4096)  # more than there are: every crop
+    training.refresh_density(state, cfg, train_u8)
+    assert off("all") < 1e-6
+
+
 @pytest.mark.parametrize("variant", sorted(FAMILIES))
 def test_each_family_trains_scores_at_the_site_and_reloads_identically(variant, tiny_splits, tmp_path):
     cfg = validate_config({"variant": variant, **FAMILIES[variant], "epochs": 2, "samples_per_epoch": 64,

@@ -41,6 +41,11 @@ DIVERGENCE_CHECK_STEPS = 64
 # How many train crops a closed-form fit's reported loss is measured on.
 CLOSED_FORM_LOSS_SAMPLE = 2048
 
+# How many train crops a classifier variant's feature Gaussian is fitted on: several per dimension (cutpaste's
+# moments have hundreds), where the latent bank's 1,024 left it worse on validation (docs/results.md §16).
+# The cap bounds the forward pass it costs each epoch.
+DENSITY_CROPS = 4096
+
 
 def seed_everything(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """Seed Python, NumPy and torch; return a generator on ``device`` that draws the trial's
@@ -189,13 +194,14 @@ def train_one_epoch(state: TrialState, cfg: dict, train_u8: torch.Tensor) -> flo
 
 @torch.inference_mode()
 def refresh_density(state: TrialState, cfg: dict, train_u8: torch.Tensor, batch_size: int = 512) -> None:
-    """Fit a classifier variant's feature Gaussian on the bank's train crops (the model as it is now)."""
+    """Fit a classifier variant's feature Gaussian on up to ``DENSITY_CROPS`` train crops, a seeded draw (the
+    model as it is now)."""
     if model_spec(cfg["variant"]).training != "synthetic_class":
         return
     state.model.eval()
-    bank_idx, _ = bank_indices(len(train_u8), cfg["seed"])
+    drawn = torch.randperm(len(train_u8), generator=torch.Generator().manual_seed(cfg["seed"]))[:DENSITY_CROPS]
     features = [state.model(model_input(state, cfg, state.preprocess.to_unit(
-        train_u8[chunk.to(train_u8.device)].to(state.device)))).latent.float() for chunk in bank_idx.split(batch_size)]
+        train_u8[chunk.to(train_u8.device)].to(state.device)))).latent.float() for chunk in drawn.split(batch_size)]
     state.model.fit_density(torch.cat(features))
 
 
