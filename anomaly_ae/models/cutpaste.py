@@ -70,7 +70,7 @@ class CutPasteClassifier(nn.Module):
             saved = [name for name in DENSITY_FEATURES if self.density_width(name) == mean.numel()]
             if saved:
                 self.density_features, dim = saved[0], mean.numel()
-                self.feature_mean = torch.zeros(dim, dtype=mean.dtype, device=self.feature_mean.device)
+                self.feature_mean = torch.zeros(dim, dtype=self.feature_mean.dtype, device=self.feature_mean.device)
                 self.precision = torch.zeros(dim, dim, dtype=self.precision.dtype, device=self.precision.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
